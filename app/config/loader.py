@@ -1,0 +1,478 @@
+"""Load the policy file: YAML → ``${...}`` interpolation → models → cross-checks.
+
+Every failure becomes one :class:`ConfigError` listing ``(YAML path, reason)`` pairs.
+No message ever contains a secret value: interpolation errors name the variable or
+file, pydantic errors are reported without their input, and our own checks only name
+keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from pydantic import ValidationError
+
+from app.config.interpolation import interpolate_tree
+from app.config.models import (
+    EC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    MIN_HMAC_SECRET_BYTES,
+    RSA_ALGORITHMS,
+    EmbedConfig,
+    IssuerConfig,
+    PolicyConfig,
+)
+from app.config.templates import (
+    Missing,
+    Reference,
+    Template,
+    compile_tree,
+    deep_merge,
+    iter_templates,
+    lookup_path,
+    render,
+)
+from app.providers.base import BROKER_OWNED_FIELDS
+from app.providers.registry import provider_class
+
+YamlPath = tuple[str | int, ...]
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+EC_CURVE_FOR_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+
+# Values used to render templates at load, to validate bodies against vendor models.
+PLACEHOLDER_USER: Mapping[str, Any] = {
+    "id": "placeholder-user",
+    "email": "placeholder@example.invalid",
+    "roles": ["placeholder-role"],
+}
+PLACEHOLDER_CLAIM = "placeholder-claim"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigIssue:
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class ConfigError(Exception):
+    """The policy file is invalid. ``str()`` lists every problem, one per line."""
+
+    def __init__(self, source: str, issues: Iterable[ConfigIssue]) -> None:
+        self.source = source
+        self.issues = list(issues)
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"invalid config {source}:\n{lines}")
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+# --- YAML -----------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (a duplicate silently drops a rule)."""
+
+
+def _construct_mapping(
+    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
+) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    mapping: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, str | int | float | bool):
+            raise yaml.constructor.ConstructorError(
+                None, None, "mapping keys must be scalars", key_node.start_mark
+            )
+        if key in mapping:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        # Only the problem, never the snippet: the line could hold a value.
+        raise ConfigError(
+            source, [ConfigIssue("", f"YAML syntax error at {where}: {exc.problem}")]
+        ) from None
+    except yaml.YAMLError:
+        raise ConfigError(source, [ConfigIssue("", "not a valid YAML document")]) from None
+
+
+# --- entry points ---------------------------------------------------------------------
+
+
+def load_policy_file(path: Path | str, environ: Mapping[str, str] | None = None) -> PolicyConfig:
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(source, [ConfigIssue("", "file not found")]) from None
+    except OSError as exc:
+        raise ConfigError(source, [ConfigIssue("", f"cannot read file: {exc.strerror}")]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, [ConfigIssue("", "file is larger than 4 MiB")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(source, [ConfigIssue("", "file is not UTF-8 text")]) from None
+    return load_policy_text(text, source=source, environ=environ)
+
+
+def load_policy_text(
+    text: str, *, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> PolicyConfig:
+    document = parse_yaml(text, source)
+    return load_policy_document(document, source=source, environ=environ)
+
+
+def load_policy_document(
+    document: Any, *, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> PolicyConfig:
+    if not isinstance(document, dict):
+        raise ConfigError(
+            source, [ConfigIssue("", "the file must be a YAML mapping (version, session, ...)")]
+        )
+    interpolated, interpolation_errors = interpolate_tree(
+        document, os.environ if environ is None else environ
+    )
+    if interpolation_errors:
+        raise ConfigError(source, [ConfigIssue(format_path(p), r) for p, r in interpolation_errors])
+    try:
+        policy = PolicyConfig.model_validate(interpolated)
+    except ValidationError as exc:
+        raise ConfigError(source, _pydantic_issues(exc, interpolated)) from None
+    issues = list(check_policy(policy))
+    if issues:
+        raise ConfigError(source, issues)
+    return policy
+
+
+def _pydantic_issues(exc: ValidationError, document: Mapping[str, Any]) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        loc = list(err["loc"])
+        # A tagged union (providers.<name>) inserts the tag into the location; drop it.
+        if len(loc) >= 3 and loc[0] == "providers":
+            block = document.get("providers", {}).get(loc[1])
+            if isinstance(block, dict) and block.get("type") == loc[2]:
+                del loc[2]
+        loc = ["(key)" if part == "[key]" else part for part in loc]
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see config.md)"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        issues.append(ConfigIssue(format_path(loc), message))
+    return issues
+
+
+# --- cross-checks ---------------------------------------------------------------------
+
+
+def check_policy(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+    yield from _check_issuers(policy)
+    yield from _check_roles(policy)
+    yield from _check_embeds(policy)
+    yield from _check_services(policy)
+
+
+def _check_issuers(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+    seen: set[str] = set()
+    for index, issuer in enumerate(policy.session.issuers):
+        where = f"session.issuers[{index}]"
+        if issuer.issuer in seen:
+            yield ConfigIssue(f"{where}.issuer", "this issuer is configured twice")
+        seen.add(issuer.issuer)
+        algorithms = set(issuer.algorithms)
+        hmac = algorithms & HMAC_ALGORITHMS
+        asymmetric = algorithms - HMAC_ALGORITHMS
+        if hmac and asymmetric:
+            yield ConfigIssue(
+                f"{where}.algorithms",
+                "mixing HS* with RS*/ES* in one issuer is not allowed (key confusion); "
+                "configure two issuers",
+            )
+            continue
+        if hmac:
+            if issuer.secret is None:
+                yield ConfigIssue(f"{where}.secret", "HS* algorithms need a secret")
+            elif len(issuer.secret.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
+                yield ConfigIssue(
+                    f"{where}.secret", f"the secret must be at least {MIN_HMAC_SECRET_BYTES} bytes"
+                )
+            if issuer.jwks_url is not None or issuer.public_key is not None:
+                yield ConfigIssue(where, "an HS* issuer takes no jwks_url or public_key")
+        else:
+            if issuer.secret is not None:
+                yield ConfigIssue(f"{where}.secret", "RS*/ES* issuers take no secret")
+            if (issuer.jwks_url is None) == (issuer.public_key is None):
+                yield ConfigIssue(
+                    where, "RS*/ES* algorithms need exactly one of jwks_url or public_key"
+                )
+            elif issuer.public_key is not None:
+                reason = public_key_problem(issuer)
+                if reason:
+                    yield ConfigIssue(f"{where}.public_key", reason)
+
+
+def public_key_problem(issuer: IssuerConfig) -> str | None:
+    """Why a static PEM public key does not fit the issuer's algorithms, or None."""
+    assert issuer.public_key is not None
+    try:
+        key = load_pem_public_key(issuer.public_key.encode())
+    except (ValueError, TypeError):
+        return "not a PEM public key"
+    algorithms = set(issuer.algorithms)
+    if isinstance(key, rsa.RSAPublicKey):
+        if not algorithms <= RSA_ALGORITHMS:
+            return "an RSA key fits only RS* algorithms"
+        if key.key_size < 2048:
+            return "RSA keys must have at least 2048 bits"
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if not algorithms <= EC_ALGORITHMS:
+            return "an EC key fits only ES* algorithms"
+        wrong = [alg for alg in algorithms if EC_CURVE_FOR_ALG[alg] != key.curve.name]
+        if wrong:
+            return f"curve {key.curve.name} does not fit {', '.join(sorted(wrong))}"
+        return None
+    return "only RSA and EC public keys are supported"
+
+
+def _check_roles(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+    for role, additions in policy.roles.items():
+        for provider_name, body in additions.items():
+            where = ("roles", role, provider_name)
+            if provider_name not in policy.providers:
+                yield ConfigIssue(format_path(where), f"no provider named {provider_name!r}")
+                continue
+            for field in sorted(BROKER_OWNED_FIELDS & set(body)):
+                yield ConfigIssue(format_path((*where, field)), _owned_field_reason(field))
+            _, errors = compile_tree(body, where)
+            for path, reason in errors:
+                yield ConfigIssue(format_path(path), reason)
+
+
+def _owned_field_reason(field: str) -> str:
+    return f"{field} is set by the broker from token_ttl_seconds; remove it"
+
+
+def _check_embeds(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+    for name, embed in policy.embeds.items():
+        where: YamlPath = ("embeds", name)
+        provider_config = policy.providers.get(embed.provider)
+        if provider_config is None:
+            yield ConfigIssue(
+                format_path((*where, "provider")), f"no provider named {embed.provider!r}"
+            )
+            continue
+        factory = provider_class(provider_config.type)
+        try:
+            factory.validate_element(embed.element)
+        except ValueError as exc:
+            yield ConfigIssue(format_path((*where, "element")), str(exc))
+
+        tenants = list(_allowed_tenants(policy, embed, where))
+        for issue in tenants:
+            if isinstance(issue, ConfigIssue):
+                yield issue
+        tenant_ids = [t for t in tenants if isinstance(t, str)]
+
+        regions = provider_config.region_names()
+        if regions is not None:
+            for tenant_id in tenant_ids:
+                region = policy.tenants[tenant_id].region
+                if region not in regions:
+                    yield ConfigIssue(
+                        format_path(("providers", embed.provider, "regions")),
+                        f"no region {region!r} (tenant {tenant_id!r} uses it for embed {name!r})",
+                    )
+
+        for field in sorted(BROKER_OWNED_FIELDS & set(embed.request)):
+            yield ConfigIssue(format_path((*where, "request", field)), _owned_field_reason(field))
+        compiled, errors = compile_tree(embed.request, (*where, "request"))
+        if errors:
+            yield from (ConfigIssue(format_path(p), r) for p, r in errors)
+            continue
+        role_additions = _role_additions(policy, embed.provider)
+        if role_additions is None:
+            continue  # reported by _check_roles
+        yield from _check_rendered(
+            policy, name, embed, compiled, role_additions, tenant_ids, factory
+        )
+
+
+def _allowed_tenants(
+    policy: PolicyConfig, embed: EmbedConfig, where: YamlPath
+) -> Iterable[str | ConfigIssue]:
+    if "*" in embed.allow.tenants:
+        yield from policy.tenants
+        return
+    for index, tenant_id in enumerate(embed.allow.tenants):
+        if tenant_id in policy.tenants:
+            yield tenant_id
+        else:
+            yield ConfigIssue(
+                format_path((*where, "allow", "tenants", index)), f"no tenant named {tenant_id!r}"
+            )
+
+
+def _role_additions(policy: PolicyConfig, provider_name: str) -> Any | None:
+    """Every role's additions for this provider merged (the widest body a user can get)."""
+    merged: Any = {}
+    for additions in policy.roles.values():
+        body = additions.get(provider_name)
+        if body is None:
+            continue
+        compiled, errors = compile_tree(body)
+        if errors:
+            return None
+        merged = deep_merge(merged, compiled)
+    return merged
+
+
+def _check_rendered(
+    policy: PolicyConfig,
+    name: str,
+    embed: EmbedConfig,
+    compiled: Any,
+    role_additions: Any,
+    tenant_ids: list[str],
+    factory: Any,
+) -> Iterable[ConfigIssue]:
+    request_path = ("embeds", name, "request")
+    for tenant_id in tenant_ids:
+        tenant = policy.tenants[tenant_id]
+        missing: list[tuple[YamlPath, Reference]] = []
+        for body_path, template in iter_templates(compiled, request_path):
+            for ref in template.references:
+                if ref.root == "tenant" and ref.path[0] == "attributes":
+                    try:
+                        lookup_path(tenant.attributes, ref.path[1:])
+                    except KeyError:
+                        missing.append((body_path, ref))
+        for body_path, ref in missing:
+            yield ConfigIssue(
+                format_path(body_path),
+                f"{ref} is not defined for tenant {tenant_id!r} (tenants.{tenant_id}.attributes)",
+            )
+        if missing:
+            continue
+        for label, tree in (
+            ("", compiled),
+            (" with every role's additions", deep_merge(compiled, role_additions)),
+        ):
+            problem = _render_and_validate(
+                tree, tenant_id, tenant.region, tenant.attributes, name, factory
+            )
+            if problem:
+                yield ConfigIssue(
+                    format_path(request_path),
+                    f"rendered for tenant {tenant_id!r}{label}, the body is not a valid "
+                    f"{factory.type_name} request: {problem}",
+                )
+                break
+
+
+def _render_and_validate(
+    tree: Any,
+    tenant_id: str,
+    region: str,
+    attributes: Mapping[str, Any],
+    embed_name: str,
+    factory: Any,
+) -> str | None:
+    first_problem: str | None = None
+    # A claim's JSON type is unknown at load: accept the body if it validates with the
+    # claim as a string or as a list of strings.
+    for claim_value in (PLACEHOLDER_CLAIM, [PLACEHOLDER_CLAIM]):
+
+        def resolve(ref: Reference, claim_value: Any = claim_value) -> Any:
+            if ref.root == "user":
+                if ref.path[0] == "claims":
+                    return claim_value
+                return PLACEHOLDER_USER[ref.path[0]]
+            if ref.root == "tenant":
+                if ref.path[0] == "id":
+                    return tenant_id
+                if ref.path[0] == "region":
+                    return region
+                try:
+                    return lookup_path(attributes, ref.path[1:])
+                except KeyError:
+                    raise Missing(ref) from None
+            return embed_name
+
+        try:
+            body = render(tree, resolve)
+            factory.validate_request(body)
+        except (ValueError, TypeError) as exc:
+            first_problem = first_problem or str(exc)
+            continue
+        return None
+    return first_problem
+
+
+def _check_services(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+    owners: dict[str, str] = {}
+    for name, service in policy.services.items():
+        where = ("services", name)
+        other = owners.get(service.key_sha256)
+        if other is not None:
+            yield ConfigIssue(
+                format_path((*where, "key_sha256")), f"the same key as service {other!r}"
+            )
+        else:
+            owners[service.key_sha256] = name
+        for index, tenant_id in enumerate(service.allow.tenants):
+            if tenant_id != "*" and tenant_id not in policy.tenants:
+                yield ConfigIssue(
+                    format_path((*where, "allow", "tenants", index)),
+                    f"no tenant named {tenant_id!r}",
+                )
+        for index, embed_name in enumerate(service.allow.embeds):
+            if embed_name != "*" and embed_name not in policy.embeds:
+                yield ConfigIssue(
+                    format_path((*where, "allow", "embeds", index)),
+                    f"no embed named {embed_name!r}",
+                )
+
+
+__all__ = [
+    "ConfigError",
+    "ConfigIssue",
+    "Template",
+    "format_path",
+    "load_policy_document",
+    "load_policy_file",
+    "load_policy_text",
+]

@@ -1,0 +1,1 @@
+"""Vendor token APIs, one module per vendor behind :class:`TokenProvider`."""

@@ -1,0 +1,114 @@
+"""The interface every vendor module implements, and the shapes they share."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+# Fields that carry the token's lifetime. The broker owns them (from token_ttl_seconds);
+# a policy file that writes one in a request is rejected at load.
+BROKER_OWNED_FIELDS = frozenset({"expiryInSeconds", "expiryTime"})
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfigBase(StrictModel):
+    """Settings every provider type has."""
+
+    type: str
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    """Deadline for one token call, retries included."""
+    max_concurrency: int = Field(default=64, ge=1, le=10_000)
+    """Vendor calls in flight at once for this provider; beyond it calls wait, then 503."""
+
+    def region_names(self) -> frozenset[str] | None:
+        """The regions this provider serves, or None when it is not region-based."""
+        return None
+
+    def secrets(self) -> list[SecretStr]:
+        """Every secret in this block (for leak tests and scrubbing)."""
+        return []
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A vendor token and its absolute expiry (UNIX seconds)."""
+
+    token: str = field(repr=False)
+    expires_at: float
+    vendor_status: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Element:
+    """The web component the front end renders, and its attributes besides ``token``."""
+
+    tag: str
+    attributes: Mapping[str, str]
+
+
+class EmbedElementConfig(StrictModel):
+    """``embeds.*.element``: what the front end needs to render a Databrain embed."""
+
+    dashboard_id: str | None = Field(default=None, min_length=1, max_length=256)
+    metric_id: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class TokenProvider(Protocol):
+    """One configured vendor (a ``providers.<name>`` block) bound to the shared client."""
+
+    type_name: ClassVar[str]
+    name: str
+
+    @classmethod
+    def validate_request(cls, body: Mapping[str, Any]) -> None:
+        """Raise ValueError naming the field when ``body`` (without expiry) is not valid."""
+        ...
+
+    @classmethod
+    def validate_element(cls, element: EmbedElementConfig | None) -> None:
+        """Raise ValueError when an embed's ``element`` block does not fit this vendor."""
+        ...
+
+    async def issue(
+        self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
+    ) -> IssuedToken:
+        """Call the vendor once (no retries: the issuance layer owns those)."""
+        ...
+
+    def element(self, element: EmbedElementConfig | None, region: str | None) -> Element: ...
+
+
+class BaseProvider(abc.ABC):
+    """Shared constructor and class-level hooks; the registry holds subclasses of this."""
+
+    type_name: ClassVar[str]
+    config_model: ClassVar[type[ProviderConfigBase]]
+
+    def __init__(self, name: str, config: Any, client: httpx.AsyncClient) -> None:
+        self.name = name
+        self.config = config
+        self._client = client
+
+    @classmethod
+    @abc.abstractmethod
+    def validate_request(cls, body: Mapping[str, Any]) -> None: ...
+
+    @classmethod
+    @abc.abstractmethod
+    def validate_element(cls, element: EmbedElementConfig | None) -> None: ...
+
+    @abc.abstractmethod
+    async def issue(
+        self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
+    ) -> IssuedToken: ...
+
+    @abc.abstractmethod
+    def element(self, element: EmbedElementConfig | None, region: str | None) -> Element: ...
