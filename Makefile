@@ -1,0 +1,48 @@
+# token-broker — `make run` starts a working demo, `make test` runs every test.
+# Everything installs itself into .venv on first use (Python >= 3.11 must be on PATH).
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+.PHONY: install run test lint bench format check-config clean
+
+install: $(STAMP)
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# Exactly what uv.lock pins, plus the dev tools.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python $(PYTHON)
+	@touch $@
+
+run: $(STAMP) ## sandbox vendors + broker on config/demo.yaml, prints curl commands
+	$(BIN)/token-broker demo
+
+test: $(STAMP) ## the whole test suite
+	$(BIN)/pytest
+
+lint: $(STAMP) ## ruff + mypy --strict
+	$(BIN)/ruff check app tests bench
+	$(BIN)/ruff format --check app tests bench
+	$(BIN)/mypy app
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix app tests bench
+	$(BIN)/ruff format app tests bench
+
+bench: $(STAMP) ## the benchmark harness (needs wrk); writes bench/RESULTS.md
+	$(BIN)/python -m bench.run
+
+check-config: $(STAMP)
+	$(BIN)/token-broker check-config
+
+clean:
+	rm -rf $(VENV) $(TOOLS) dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis

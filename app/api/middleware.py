@@ -1,0 +1,98 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware on the hot path).
+
+``RequestContextMiddleware`` gives every request an id (echoed when sane, generated
+otherwise), sets it for logging, adds ``X-Request-ID`` to every response, counts the
+request in the HTTP metrics, and turns any exception that escaped the app into a bare
+``500 internal_error`` problem: the body says nothing but the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.errors import PROBLEM_CONTENT_TYPE, InternalError
+from app.observability.logging import request_id_var
+from app.observability.metrics import Metrics
+
+log = logging.getLogger("token_broker.http")
+
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,128}$")
+_HEADER = b"x-request-id"
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == _HEADER:
+            if _SANE_REQUEST_ID.match(value):
+                return bytes(value).decode("ascii")
+            break
+    return uuid.uuid4().hex
+
+
+def route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        context_token = request_id_var.set(request_id)
+        header = (_HEADER, request_id.encode("ascii"))
+        status = 500
+        started = False
+        begin = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("http.unhandled_error", extra={"path": scope.get("path")})
+            if not started:
+                status = 500
+                body = orjson.dumps(InternalError().problem(request_id))
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [
+                            (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                            (b"content-length", str(len(body)).encode()),
+                            (b"cache-control", b"no-store"),
+                            header,
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+        finally:
+            # The lifespan state (copied into each request's scope) holds the metrics.
+            metrics: Metrics | None = scope["state"].get("metrics")
+            if metrics is not None:
+                route = route_label(scope)
+                method = scope["method"]
+                metrics.http_requests_total.labels(route, method, str(status)).inc()
+                metrics.http_request_duration_seconds.labels(route, method).observe(
+                    time.perf_counter() - begin
+                )
+            request_id_var.reset(context_token)

@@ -1,0 +1,251 @@
+"""The ``token-broker`` command (api.md "Command line").
+
+Exit codes: 0 success, 1 invalid configuration or refused operation, 2 usage error.
+Errors are one readable message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from app.config.loader import ConfigError, load_policy_file
+from app.config.models import PolicyConfig
+from app.settings import Settings
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+
+
+def _fail(message: str) -> int:
+    print(f"token-broker: {message}", file=sys.stderr)
+    return EXIT_INVALID
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+# --- check-config ---------------------------------------------------------------------
+
+
+def summarize(config: PolicyConfig) -> str:
+    lines = ["issuers:"]
+    for issuer in config.session.issuers:
+        if issuer.secret is not None:
+            source = "shared secret"
+        elif issuer.jwks_url is not None:
+            source = f"JWKS {issuer.jwks_url}"
+        else:
+            source = "static public key"
+        lines.append(f"  {issuer.issuer} ({', '.join(issuer.algorithms)}; {source})")
+    lines.append(f"tenants ({len(config.tenants)}):")
+    lines.extend(f"  {name} (region {tenant.region})" for name, tenant in config.tenants.items())
+    lines.append(f"providers ({len(config.providers)}):")
+    for name, provider in config.providers.items():
+        regions = provider.region_names()
+        where = f"; regions {', '.join(sorted(regions))}" if regions else ""
+        lines.append(f"  {name} ({provider.type}{where})")
+    lines.append(f"embeds ({len(config.embeds)}):")
+    lines.extend(f"  {name} -> {embed.provider}" for name, embed in config.embeds.items())
+    if config.services:
+        lines.append(f"services ({len(config.services)}): {', '.join(config.services)}")
+    return "\n".join(lines)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.path) if args.path else _settings().config
+    try:
+        config = load_policy_file(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    print(f"{path}: valid")
+    print(summarize(config))
+    return EXIT_OK
+
+
+# --- serve ----------------------------------------------------------------------------
+
+
+def _export_overrides(args: argparse.Namespace) -> None:
+    """Flags win over the environment; exported so every worker process sees them."""
+    for flag, variable in (
+        ("config", "BROKER_CONFIG"),
+        ("host", "BROKER_HOST"),
+        ("port", "BROKER_PORT"),
+        ("workers", "BROKER_WORKERS"),
+    ):
+        value = getattr(args, flag, None)
+        if value is not None:
+            os.environ[variable] = str(value)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.observability.logging import configure_logging, logging_config
+
+    _export_overrides(args)
+    try:
+        settings = _settings()
+    except ValidationError as exc:
+        details = "; ".join(
+            f"BROKER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        return _fail(f"invalid environment settings: {details}")
+    try:
+        load_policy_file(settings.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+
+    configure_logging(settings.log_level, settings.log_format)
+    common = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+        "server_header": False,
+        "lifespan": "on",
+    }
+    if settings.workers > 1:
+        # prometheus-client aggregates workers through files in this directory.
+        os.environ.setdefault(
+            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="token-broker-metrics-")
+        )
+        uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+    else:
+        from app.main import create_app
+
+        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+    return EXIT_OK
+
+
+# --- dev-token, sandbox, demo -------------------------------------------------------------
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from app.auth import mint_dev_token
+
+    path = Path(args.config) if args.config else _settings().config
+    try:
+        config = load_policy_file(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
+    if args.ttl <= 0:
+        return _fail("--ttl must be positive")
+    roles = [role.strip() for role in args.roles.split(",") if role.strip()]
+    try:
+        token = mint_dev_token(
+            config.session, user=args.user, tenants=args.tenant, roles=roles, ttl_seconds=args.ttl
+        )
+    except ValueError as exc:
+        return _fail(str(exc))
+    print(token)
+    return EXIT_OK
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from app.sandbox import run_sandbox
+
+    run_sandbox(args.host, args.port)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(broker_port=args.port, sandbox_port=args.sandbox_port)
+
+
+# --- parser ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="token-broker",
+        description="Mint short-lived embedded-analytics tokens without exposing vendor API keys.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the service",
+        description="Run the token broker. Flags override the BROKER_* environment.",
+    )
+    serve.add_argument("--config", metavar="PATH", help="policy file (BROKER_CONFIG)")
+    serve.add_argument("--host", help="listen address (BROKER_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (BROKER_PORT, default 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (BROKER_WORKERS, default 1)")
+    serve.set_defaults(handler=cmd_serve)
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a policy file",
+        description="Load and validate a policy file; print a summary (never secrets). "
+        "Exit 0 when valid, 1 with the YAML path and reason when not.",
+    )
+    check.add_argument("path", nargs="?", help="policy file (default: BROKER_CONFIG)")
+    check.set_defaults(handler=cmd_check_config)
+
+    dev_token = commands.add_parser(
+        "dev-token",
+        help="print a session JWT for local testing",
+        description="Print a session JWT signed with the config's first HS* issuer secret "
+        "(for local testing only). Refuses when the config has no HS* issuer.",
+    )
+    dev_token.add_argument("--user", required=True, help="user id (the mapped user_id claim)")
+    dev_token.add_argument(
+        "--tenant", required=True, action="append", help="tenant id (repeatable)"
+    )
+    dev_token.add_argument("--roles", default="", help="comma-separated roles, e.g. viewer,analyst")
+    dev_token.add_argument(
+        "--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)"
+    )
+    dev_token.add_argument("--config", metavar="PATH", help="policy file (default: BROKER_CONFIG)")
+    dev_token.set_defaults(handler=cmd_dev_token)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="run the vendor emulators",
+        description="Run local emulators of the Embeddable and Databrain token APIs.",
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    sandbox.add_argument("--port", type=int, default=8090, help="listen port (default 8090)")
+    sandbox.set_defaults(handler=cmd_sandbox)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run sandbox + broker on config/demo.yaml and print curl commands",
+        description="Run the vendor sandbox and the broker in one process on config/demo.yaml "
+        "and print ready-to-paste curl commands with fresh dev tokens.",
+    )
+    demo.add_argument("--port", type=int, default=8080, help="broker port (default 8080)")
+    demo.add_argument("--sandbox-port", type=int, default=8090, help="sandbox port (default 8090)")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

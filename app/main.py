@@ -1,0 +1,68 @@
+"""``create_app()`` and the lifespan that owns the process's shared resources."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import TypedDict
+
+from fastapi import FastAPI
+
+from app.api import probes
+from app.api.middleware import RequestContextMiddleware
+from app.api.problems import install_exception_handlers
+from app.config.loader import load_policy_file
+from app.observability.metrics import Metrics
+from app.runtime import ActivePolicy, Runtime, vendor_http_client
+from app.settings import Settings
+
+log = logging.getLogger("token_broker.main")
+
+
+class State(TypedDict):
+    runtime: Runtime
+    metrics: Metrics
+
+
+def package_version() -> str:
+    try:
+        return version("token-broker")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the ASGI app. Settings come from the environment unless given."""
+    settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        config = load_policy_file(settings.config)
+        metrics = Metrics.create()
+        async with vendor_http_client() as http:
+            runtime = Runtime(
+                settings=settings,
+                http=http,
+                metrics=metrics,
+                active=ActivePolicy(config=config, loaded_at=time.time()),
+            )
+            log.info("broker.started", extra={"config": str(settings.config)})
+            yield {"runtime": runtime, "metrics": metrics}
+        log.info("broker.stopped")
+
+    app = FastAPI(
+        title="token-broker",
+        version=package_version(),
+        summary="Short-lived embedded-analytics tokens without exposing vendor API keys.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    install_exception_handlers(app)
+    app.include_router(probes.router)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.policies import BASE_ENV, base_policy, write_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_config_valid_prints_a_summary_without_secrets(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, base_policy())
+    result = run_cli("check-config", str(path), env=BASE_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "valid" in result.stdout
+    assert "acme (region eu)" in result.stdout and "ops-dashboard -> databrain" in result.stdout
+    for secret in BASE_ENV.values():
+        assert secret not in result.stdout + result.stderr
+
+
+def test_check_config_invalid_exits_1_with_path_and_reason(tmp_path: Path) -> None:
+    document = base_policy()
+    document["embeds"]["sales-overview"]["allow"]["tenant"] = ["acme"]
+    path = write_policy(tmp_path, document)
+    result = run_cli("check-config", str(path), env=BASE_ENV)
+    assert result.returncode == 1
+    assert "embeds.sales-overview.allow.tenant: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_uses_broker_config_by_default(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, base_policy())
+    result = run_cli("check-config", env={**BASE_ENV, "BROKER_CONFIG": str(path)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_check_config_missing_file(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(tmp_path / "missing.yaml"))
+    assert result.returncode == 1
+    assert "file not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_refuses_an_invalid_config_before_listening(tmp_path: Path) -> None:
+    document = base_policy()
+    document["version"] = 2
+    path = write_policy(tmp_path, document)
+    result = run_cli("serve", "--config", str(path), "--port", "0", env=BASE_ENV)
+    assert result.returncode == 1
+    assert "version" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_rejects_bad_environment_settings(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, base_policy())
+    result = run_cli("serve", "--config", str(path), env={**BASE_ENV, "BROKER_LOG_FORMAT": "xml"})
+    assert result.returncode == 1
+    assert "BROKER_LOG_FORMAT" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check-config", "dev-token", "sandbox", "demo"])
+def test_every_command_has_help(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"token-broker {command}" in result.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
