@@ -1,0 +1,281 @@
+"""The token cache (operations.md "Token cache and single-flight").
+
+- :func:`token_cache_key` hashes (provider, region, ttl, rendered vendor body): two
+  requests share a token only when the vendor would have been asked the same thing, so
+  users, tenants and security contexts never share tokens.
+- :class:`MemoryTokenCache`: the default, an LRU bounded by ``cache.max_entries``.
+- :class:`RedisTokenCache`: shared between replicas. Keys are hashes (no user data in
+  key names), values are AES-GCM encrypted with a key derived (HKDF-SHA256) from
+  ``BROKER_CACHE_ENCRYPTION_KEY`` and bound to their key name, entries expire with the
+  token. It never raises: on a Redis error it serves from its in-process cache.
+
+Whether a cached token is still fresh *enough* (``cache.min_remaining_ratio``) is the
+caller's decision: the cache only forgets tokens that have expired.
+
+The LRU is written here rather than taken from a library (``cachetools``,
+``async-lru``) because it must hold 100,000 tokens in little memory (S5) and know about
+token expiry; an ``OrderedDict`` of slotted records is both, in 40 lines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import SecretStr
+
+from app.state.redis import REDIS_ERRORS, RedisHealth
+
+log = logging.getLogger("token_broker.cache")
+
+MIN_ENCRYPTION_SECRET_BYTES = 32
+_KEY_VERSION = b"token-broker/cache-key/v1"
+_HKDF_INFO = b"token-broker/redis-token-cache/aes-256-gcm/v1"
+_NONCE_BYTES = 12
+_VALUE_HEADER = struct.Struct(">Bdd")  # format version, issued_at, expires_at
+_VALUE_FORMAT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class CachedToken:
+    """A vendor token as the cache holds it."""
+
+    token: str = field(repr=False)
+    issued_at: float
+    """UNIX seconds, when the vendor issued it (when the broker received it)."""
+    expires_at: float
+    """UNIX seconds."""
+
+    def remaining_ratio(self, now: float) -> float:
+        """The share of the token's lifetime still left at ``now``, between 0 and 1."""
+        lifetime = self.expires_at - self.issued_at
+        if lifetime <= 0:
+            return 0.0
+        return min(1.0, max(0.0, (self.expires_at - now) / lifetime))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a cache key")
+
+
+def token_cache_key(
+    provider: str,
+    region: str | None,
+    body: Mapping[str, Any],
+    *,
+    ttl_seconds: int | None = None,
+) -> str:
+    """SHA-256 (hex) of a canonical encoding of what the vendor would be asked.
+
+    Canonical: JSON with sorted keys and no whitespace. ``ttl_seconds`` belongs in the
+    key whenever the provider adds the expiry field to the body itself (it does:
+    ``BROKER_OWNED_FIELDS``), so two embeds that differ only in lifetime don't share.
+    """
+    encoded = orjson.dumps(
+        [provider, region, ttl_seconds, body],
+        option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
+        default=_json_default,
+    )
+    return hashlib.sha256(_KEY_VERSION + b"\x00" + encoded).hexdigest()
+
+
+class TokenCache(Protocol):
+    async def get(self, key: str) -> CachedToken | None:
+        """The cached token, or None when absent or expired."""
+        ...
+
+    async def put(self, key: str, token: CachedToken) -> None:
+        """Store ``token``; it is forgotten when it expires."""
+        ...
+
+
+class MemoryTokenCache:
+    """In-process LRU bounded by ``max_entries``; expired entries are dropped on access.
+
+    Each entry is one ``OrderedDict`` slot holding the slotted :class:`CachedToken`
+    itself (no wrapper objects), so a hit allocates nothing.
+    """
+
+    __slots__ = ("_clock", "_entries", "_max_entries")
+
+    def __init__(self, max_entries: int, *, clock: Callable[[], float] = time.time) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: OrderedDict[str, CachedToken] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def max_entries(self) -> int:
+        return self._max_entries
+
+    def resize(self, max_entries: int) -> None:
+        """Apply a new ``cache.max_entries`` (policy reload) without losing what fits."""
+        if max_entries < 1:
+            raise ValueError("max_entries must be at least 1")
+        self._max_entries = max_entries
+        while len(self._entries) > max_entries:
+            self._entries.popitem(last=False)
+
+    def get_now(self, key: str) -> CachedToken | None:
+        """Synchronous :meth:`get` (no I/O), for callers already off the await path."""
+        entries = self._entries
+        token = entries.get(key)
+        if token is None:
+            return None
+        if token.expires_at <= self._clock():
+            del entries[key]
+            return None
+        entries.move_to_end(key)
+        return token
+
+    def put_now(self, key: str, token: CachedToken) -> None:
+        """Synchronous :meth:`put`."""
+        now = self._clock()
+        if token.expires_at <= now:
+            return
+        entries = self._entries
+        entries[key] = token
+        entries.move_to_end(key)
+        # The least recently used entry is usually also the first to expire: dropping
+        # it while it's dead keeps memory near the live set, not near max_entries.
+        oldest_key, oldest = next(iter(entries.items()))
+        if oldest.expires_at <= now and oldest_key != key:
+            del entries[oldest_key]
+        while len(entries) > self._max_entries:
+            entries.popitem(last=False)
+
+    async def get(self, key: str) -> CachedToken | None:
+        return self.get_now(key)
+
+    async def put(self, key: str, token: CachedToken) -> None:
+        self.put_now(key, token)
+
+
+def derive_cache_key(secret: SecretStr | str | bytes | None) -> bytes:
+    """The AES-256-GCM key for Redis cache values, from the configured secret."""
+    if isinstance(secret, SecretStr):
+        secret = secret.get_secret_value()
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if secret is None or len(secret) < MIN_ENCRYPTION_SECRET_BYTES:
+        raise ValueError(
+            "BROKER_CACHE_ENCRYPTION_KEY must be set to a secret of at least "
+            f"{MIN_ENCRYPTION_SECRET_BYTES} bytes when BROKER_REDIS_URL is set "
+            "(it encrypts the tokens cached in Redis)"
+        )
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+
+
+class RedisTokenCache:
+    """Tokens shared between replicas through Redis, encrypted, with an in-process tier.
+
+    The in-process cache (``local``) is both the fallback while Redis is unavailable and
+    a near cache in front of Redis: a token found or stored here is served without a
+    Redis round trip (tokens are immutable, so there is nothing to invalidate), and a
+    token stored during an outage is still found after Redis comes back.
+
+    Redis value: ``nonce(12) || AES-GCM(header || token)`` with the full Redis key name
+    as associated data, so a value copied to another key does not decrypt. A value that
+    does not decrypt (tampered, other secret) is a miss.
+    """
+
+    def __init__(
+        self,
+        health: RedisHealth,
+        *,
+        encryption_secret: SecretStr | str | bytes | None,
+        local: MemoryTokenCache,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._aead = AESGCM(derive_cache_key(encryption_secret))
+        self._health = health
+        self._redis = health.client
+        self._key_prefix = health.prefix + "tok:"
+        self._local = local
+        self._clock = clock
+        self._last_invalid_log: float | None = None
+
+    def redis_key(self, key: str) -> str:
+        return self._key_prefix + key
+
+    async def get(self, key: str) -> CachedToken | None:
+        token = self._local.get_now(key)
+        if token is not None or not self._health.available:
+            return token
+        redis_key = self.redis_key(key)
+        try:
+            raw = await self._redis.get(redis_key)
+        except REDIS_ERRORS as exc:
+            self._health.report_failure("cache_get", exc)
+            return None
+        if not isinstance(raw, bytes):  # None: a miss (the client never decodes responses)
+            return None
+        token = self._decode(redis_key, raw)
+        if token is None or token.expires_at <= self._clock():
+            return None
+        self._local.put_now(key, token)
+        return token
+
+    async def put(self, key: str, token: CachedToken) -> None:
+        self._local.put_now(key, token)
+        ttl_ms = int((token.expires_at - self._clock()) * 1000)
+        if ttl_ms <= 0 or not self._health.available:
+            return
+        redis_key = self.redis_key(key)
+        try:
+            await self._redis.set(redis_key, self._encode(redis_key, token), px=ttl_ms)
+        except REDIS_ERRORS as exc:
+            self._health.report_failure("cache_put", exc)
+
+    def _encode(self, redis_key: str, token: CachedToken) -> bytes:
+        plain = (
+            _VALUE_HEADER.pack(_VALUE_FORMAT, token.issued_at, token.expires_at)
+            + token.token.encode()
+        )
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plain, redis_key.encode())
+
+    def _decode(self, redis_key: str, raw: bytes) -> CachedToken | None:
+        try:
+            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], redis_key.encode())
+            version, issued_at, expires_at = _VALUE_HEADER.unpack_from(plain)
+            if version != _VALUE_FORMAT:
+                raise ValueError("unknown value format")
+            return CachedToken(
+                token=plain[_VALUE_HEADER.size :].decode(),
+                issued_at=issued_at,
+                expires_at=expires_at,
+            )
+        except (InvalidTag, ValueError, struct.error) as exc:
+            self._log_invalid(exc)
+            return None
+
+    def _log_invalid(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._last_invalid_log is None or now - self._last_invalid_log >= 60:
+            self._last_invalid_log = now
+            log.warning(
+                "token_cache.undecryptable",
+                extra={
+                    "error": type(exc).__name__,
+                    "hint": "tampered value, or replicas with different encryption secrets",
+                },
+            )

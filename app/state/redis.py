@@ -1,0 +1,153 @@
+"""The process's one Redis client, and whether Redis is usable right now.
+
+operations.md "Redis outages": when Redis is configured but unreachable the broker keeps
+serving from the in-process cache and limits, logs at most once per minute, exposes
+``token_broker_redis_available``, keeps ``/readyz`` at 200 and reconnects by itself.
+
+How that works:
+
+- Users of Redis (``RedisTokenCache``, ``RateLimiter``) check :attr:`RedisHealth.available`
+  before each operation and call :meth:`RedisHealth.report_failure` when one fails. While
+  Redis is unavailable they do not touch it at all, so an outage costs no connect
+  timeouts on the request path.
+- A background task pings Redis every ``probe_interval`` seconds while it is unavailable
+  and flips it back on the first answer; it sleeps (on an event) while Redis is healthy.
+- Socket timeouts are short and redis-py retries a failed command once, immediately: that
+  retry is what transparently replaces a pooled connection a restarted Redis has closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from app.observability.metrics import Metrics
+
+log = logging.getLogger("token_broker.redis")
+
+REDIS_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, EOFError, TimeoutError)
+"""What a Redis operation raises when the server is unreachable or misbehaving."""
+
+STATUS_OK = "ok"
+STATUS_UNAVAILABLE = "unavailable: serving from the in-process cache and limits"
+
+
+class RedisHealth:
+    """The one ``redis.asyncio`` client of the process, plus availability tracking."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        metrics: Metrics | None,
+        prefix: str,
+        probe_interval: float = 2.0,
+        socket_timeout: float = 0.5,
+        log_interval: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client: Redis = Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 1),
+        )
+        self.prefix = prefix
+        self._metrics = metrics
+        self._probe_interval = probe_interval
+        self._probe_timeout = max(socket_timeout * 2, 0.1)
+        self._log_interval = log_interval
+        self._clock = clock
+        self._available = True
+        self._last_unavailable_log: float | None = None
+        self._unavailable_since: float | None = None
+        self._wake = asyncio.Event()
+        self._probe: asyncio.Task[None] | None = None
+        if metrics is not None:
+            metrics.redis_available.set(1)
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    @property
+    def status(self) -> str:
+        """A short, secret-free description for the ``/readyz`` body (never fails readiness)."""
+        return STATUS_OK if self._available else STATUS_UNAVAILABLE
+
+    def report_failure(self, operation: str, exc: BaseException) -> None:
+        """Record a failed Redis ``operation``; callers then use their in-process fallback."""
+        if self._metrics is not None:
+            self._metrics.redis_errors_total.labels(operation=operation).inc()
+            self._metrics.redis_available.set(0)
+        now = self._clock()
+        if self._available:
+            self._available = False
+            self._unavailable_since = now
+        if self._last_unavailable_log is None or now - self._last_unavailable_log >= (
+            self._log_interval
+        ):
+            self._last_unavailable_log = now
+            # Only the exception type: redis-py messages may carry host names, never useful here.
+            log.warning(
+                "redis.unavailable",
+                extra={"operation": operation, "error": type(exc).__name__},
+            )
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Ping once (so an outage at start-up is known at once), then start the probe."""
+        if self._probe is not None:
+            return
+        await self._ping()
+        self._probe = asyncio.create_task(self._probe_loop(), name="redis-probe")
+
+    async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe
+            self._probe = None
+        await self.client.aclose()
+
+    async def _ping(self) -> bool:
+        try:
+            async with asyncio.timeout(self._probe_timeout):
+                await self.client.ping()
+        except REDIS_ERRORS as exc:
+            self.report_failure("ping", exc)
+            return False
+        if not self._available:
+            await self._recovered()
+        return True
+
+    async def _recovered(self) -> None:
+        # Idle pooled sockets predate the outage; drop them rather than fail on each once.
+        with contextlib.suppress(*REDIS_ERRORS):
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        down_for = (
+            self._clock() - self._unavailable_since if self._unavailable_since is not None else 0.0
+        )
+        self._available = True
+        self._unavailable_since = None
+        self._last_unavailable_log = None
+        if self._metrics is not None:
+            self._metrics.redis_available.set(1)
+        log.info("redis.recovered", extra={"unavailable_seconds": round(down_for, 3)})
+
+    async def _probe_loop(self) -> None:
+        while True:
+            if self._available:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            await asyncio.sleep(self._probe_interval)
+            await self._ping()

@@ -1,0 +1,37 @@
+"""Redis fixtures for the state tests (general enough to move to tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.observability.metrics import Metrics
+from tests.support import redis as redis_support
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A Redis shared by the session: the machine's on 6379, or one started for it."""
+    with redis_support.redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = redis_support.unique_prefix()
+    yield prefix
+    redis_support.delete_keys(redis_url, prefix)
+
+
+@pytest.fixture
+def private_redis() -> Iterator[redis_support.RedisServer]:
+    """A redis-server of this test's own, which the test may stop and start again."""
+    with redis_support.start_private_redis() as server:
+        yield server
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics.create()

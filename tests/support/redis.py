@@ -1,0 +1,158 @@
+"""A real Redis for tests.
+
+- :func:`redis_url`: the machine's Redis on 127.0.0.1:6379 when it answers
+  ``PING``, otherwise a ``redis-server`` this helper starts on a free port. Tests that
+  use it must keep to their own key prefix (:func:`unique_prefix`) and delete their keys
+  (:func:`delete_keys`), because the server may be a developer's own.
+- :func:`start_private_redis`: always a ``redis-server`` of its own, on a free port, that
+  a test may stop (even ``SIGKILL``) and start again on the same port. Tests that break
+  Redis use this one and never touch the shared server.
+
+When no Redis can be had, :func:`redis_unavailable` fails the test under ``CI=true``
+(CI installs redis-server, so a missing one is a broken CI, not a reason to skip) and
+skips it elsewhere with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+import redis
+
+from tests.support.servers import LOOPBACK, free_port
+
+DEFAULT_PORT = 6379
+STARTUP_TIMEOUT_SECONDS = 10.0
+
+
+def redis_unavailable(reason: str) -> NoReturn:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"Redis is required in CI: {reason}")
+    pytest.skip(f"no Redis for this test: {reason} (install redis-server to run it)")
+
+
+def ping(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
+    """True when a Redis answers ``PING`` at host:port (plain socket, no client state)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A ``redis-server`` subprocess on a fixed loopback port, without persistence."""
+
+    def __init__(self, port: int | None = None) -> None:
+        executable = shutil.which("redis-server")
+        if executable is None:
+            redis_unavailable("redis-server is not on PATH")
+        self.executable = executable
+        self.port = port if port is not None else free_port()
+        self.url = f"redis://{LOOPBACK}:{self.port}/0"
+        self._dir = tempfile.mkdtemp(prefix="tb-redis-")
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            return
+        self._process = subprocess.Popen(
+            [
+                self.executable,
+                "--port",
+                str(self.port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while not ping(self.port):
+            if self._process.poll() is not None:
+                self._process = None
+                redis_unavailable(f"redis-server exited at start on port {self.port}")
+            if time.monotonic() > deadline:
+                self.stop()
+                redis_unavailable(f"redis-server did not answer on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server; ``kill`` sends SIGKILL (a crash) instead of SIGTERM."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def start_private_redis() -> Iterator[RedisServer]:
+    """A ``redis-server`` of the caller's own on a free port; stopped at exit."""
+    server = RedisServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@contextlib.contextmanager
+def redis_url() -> Iterator[str]:
+    """The machine's Redis when it answers on 6379, otherwise one started here."""
+    if ping(DEFAULT_PORT):
+        yield f"redis://{LOOPBACK}:{DEFAULT_PORT}/0"
+        return
+    with start_private_redis() as server:
+        yield server.url
+
+
+def unique_prefix() -> str:
+    """A key prefix no other test (or developer) uses."""
+    return f"tb-test:{uuid.uuid4().hex[:12]}:"
+
+
+def delete_keys(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix``; returns how many there were."""
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=500))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    except redis.RedisError:
+        return 0  # a private server a test stopped: nothing left to clean
+    finally:
+        client.close()
