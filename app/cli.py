@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -108,6 +109,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
 
     configure_logging(settings.log_level, settings.log_format)
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal it caught
+    # with the handler it found installed. A no-op handler makes that a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     common = {
         "host": settings.host,
         "port": settings.port,
@@ -148,7 +152,7 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     try:
         token = mint_dev_token(
-            config.session, user=args.user, tenants=args.tenant, roles=roles, ttl_seconds=args.ttl
+            config.session, user=args.user, tenant=args.tenant, roles=roles, ttl_seconds=args.ttl
         )
     except ValueError as exc:
         return _fail(str(exc))
