@@ -5,6 +5,7 @@ Docs: docs.usedatabrain.com "Guest token"; the databrainhq demo repositories.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
@@ -19,6 +20,14 @@ from app.providers.base import (
     StrictModel,
 )
 from app.providers.embeddable import _first_error
+from app.providers.http import (
+    CallContext,
+    post_json,
+    raise_for_failure,
+    require_positive_ttl,
+    short_string,
+    token_from_body,
+)
 
 TYPE_NAME = "databrain"
 DEFAULT_BASE_URL = "https://api.usedatabrain.com"
@@ -120,7 +129,56 @@ class DatabrainProvider(BaseProvider):
     async def issue(
         self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
     ) -> IssuedToken:
-        raise NotImplementedError("issue 4")
+        """``region`` is the tenant's; Databrain is not region-based, so it only labels errors."""
+        require_positive_ttl(ttl_seconds)
+        context = CallContext(self.name, region, (self.config.api_key,))
+        started = time.time()
+        response = await post_json(
+            self._client,
+            str(self.config.base_url).rstrip("/") + TOKEN_PATH,
+            api_key=self.config.api_key,
+            body=vendor_body(body, ttl_seconds),
+            timeout_seconds=self.config.timeout_seconds,
+            context=context,
+        )
+        raise_for_failure(response, context, error_fields)
+        payload = response.json()
+        if isinstance(payload, dict) and payload.get("error") is not None:
+            code, _ = error_fields(payload)
+            raise context.bad_response(f"a 2xx body carrying error {code or 'of unknown shape'}")
+        token = token_from_body(response, context)
+        # A guest token is opaque: the expiry we asked for is all we know.
+        return IssuedToken(
+            token=token, expires_at=started + ttl_seconds, vendor_status=response.status
+        )
 
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
-        raise NotImplementedError("issue 4")
+        if element is not None and element.dashboard_id is not None:
+            return Element(DASHBOARD_TAG, {"dashboard-id": element.dashboard_id})
+        if element is not None and element.metric_id is not None:
+            return Element(METRIC_TAG, {"metric-id": element.metric_id})
+        raise ValueError("a Databrain embed needs element.dashboard_id or element.metric_id")
+
+
+def vendor_body(body: Mapping[str, Any], ttl_seconds: int) -> dict[str, Any]:
+    """The guest-token request as sent. Without ``expiryTime`` the token never expires."""
+    sent = {key: value for key, value in body.items() if value is not None}
+    sent["expiryTime"] = ttl_seconds * 1000
+    return sent
+
+
+def error_fields(payload: Any) -> tuple[str | None, str | None]:
+    """``{"error": {"code", "message"}}`` as documented; other shapes are tolerated."""
+    if isinstance(payload, str):
+        return None, short_string(payload)
+    if not isinstance(payload, dict):
+        return None, None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        code = short_string(error.get("code"))
+        message = short_string(error.get("message"))
+    else:
+        code = short_string(payload.get("code"))
+        message = short_string(error)
+    message = message or short_string(payload.get("message"))
+    return code, message

@@ -5,10 +5,16 @@ Docs: docs.embeddable.com "Tokens API"; the embeddable-hq/handbook sample backen
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
+import math
+import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError
+import orjson
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
 
 from app.providers.base import (
     BaseProvider,
@@ -18,6 +24,16 @@ from app.providers.base import (
     ProviderConfigBase,
     StrictModel,
 )
+from app.providers.http import (
+    CallContext,
+    post_json,
+    raise_for_failure,
+    require_positive_ttl,
+    short_string,
+    token_from_body,
+)
+
+log = logging.getLogger("token_broker.providers.embeddable")
 
 TYPE_NAME = "embeddable"
 TOKEN_PATH = "/api/v1/security-token"
@@ -44,7 +60,20 @@ class EmbeddableConfig(ProviderConfigBase):
     def secrets(self) -> list[SecretStr]:
         return [region.api_key for region in self.regions.values()]
 
+    @model_validator(mode="after")
+    def _every_region_has_a_base_url(self) -> EmbeddableConfig:
+        for name, region in self.regions.items():
+            if region.base_url is None and name not in DEFAULT_REGION_BASE_URLS:
+                raise ValueError(
+                    f"region {name!r} has no default Embeddable base URL; set regions.{name}.base_url"
+                )
+        return self
+
     def base_url(self, region: str) -> str:
+        """The region's API root without a trailing slash; ValueError for an unknown region."""
+        if region not in self.regions:
+            known = ", ".join(sorted(self.regions))
+            raise ValueError(f"no Embeddable region {region!r} (configured: {known})")
         configured = self.regions[region].base_url
         if configured is not None:
             return str(configured).rstrip("/")
@@ -77,6 +106,14 @@ class EmbeddableRequest(StrictModel):
     filters: list[EmbeddableFilter] | None = None
     dataProvider: str | None = None
 
+    @model_validator(mode="after")
+    def _one_canvas_state(self) -> EmbeddableRequest:
+        if self.customCanvasState is not None and self.dashboardState is not None:
+            raise ValueError(
+                "customCanvasState and dashboardState are the same field; write only one"
+            )
+        return self
+
 
 class EmbeddableProvider(BaseProvider):
     type_name: ClassVar[str] = TYPE_NAME
@@ -104,10 +141,89 @@ class EmbeddableProvider(BaseProvider):
     async def issue(
         self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
     ) -> IssuedToken:
-        raise NotImplementedError("issue 4")
+        require_positive_ttl(ttl_seconds)
+        region_name = self._region(region)
+        context = CallContext(self.name, region_name, (self.config.regions[region_name].api_key,))
+        started = time.time()
+        response = await post_json(
+            self._client,
+            self.config.base_url(region_name) + TOKEN_PATH,
+            api_key=self.config.regions[region_name].api_key,
+            body=vendor_body(body, ttl_seconds),
+            timeout_seconds=self.config.timeout_seconds,
+            context=context,
+        )
+        raise_for_failure(response, context, error_fields)
+        token = token_from_body(response, context)
+        expires_at = started + ttl_seconds
+        token_exp = unverified_exp(token)
+        if token_exp is None:
+            log.warning(
+                "provider.token_without_exp", extra={"provider": self.name, "region": region_name}
+            )
+        elif token_exp <= time.time():
+            raise context.bad_response("the token is already expired")
+        else:
+            expires_at = min(expires_at, token_exp)
+        return IssuedToken(token=token, expires_at=expires_at, vendor_status=response.status)
 
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
-        raise NotImplementedError("issue 4")
+        return Element(ELEMENT_TAG, {"base-url": self.config.base_url(self._region(region)) + "/"})
+
+    def _region(self, region: str | None) -> str:
+        if region is None:
+            raise ValueError("Embeddable is region-based: the tenant has no region")
+        if region not in self.config.regions:
+            known = ", ".join(sorted(self.config.regions))
+            raise ValueError(f"no Embeddable region {region!r} (configured: {known})")
+        return region
+
+
+def vendor_body(body: Mapping[str, Any], ttl_seconds: int) -> dict[str, Any]:
+    """The security-token request as sent: config body, defaults, and the broker's expiry.
+
+    Fields left as null are dropped: the vendor documents them as strings, lists, ...
+    """
+    sent = {key: value for key, value in body.items() if value is not None}
+    sent.setdefault("savedVersion", "production")
+    sent.setdefault("securityContext", {})
+    sent["expiryInSeconds"] = ttl_seconds
+    return sent
+
+
+def error_fields(payload: Any) -> tuple[str | None, str | None]:
+    """Embeddable's samples read ``errorMessage``; other shapes are tolerated."""
+    if isinstance(payload, str):
+        return None, short_string(payload)
+    if not isinstance(payload, dict):
+        return None, None
+    message = (
+        short_string(payload.get("errorMessage"))
+        or short_string(payload.get("message"))
+        or short_string(payload.get("error"))
+    )
+    code = short_string(payload.get("errorCode")) or short_string(payload.get("code"))
+    return code, message
+
+
+def unverified_exp(token: str) -> float | None:
+    """The ``exp`` of a JWT, read without verifying it; None when the token is no JWT.
+
+    The broker cannot verify the vendor's signature and does not need to: it only
+    wants not to hand out a token for longer than the vendor will honour it.
+    """
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    segment = parts[1]
+    try:
+        claims = orjson.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
+        return None
+    return float(exp)
 
 
 def _first_error(exc: ValidationError) -> str:

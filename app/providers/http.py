@@ -1,0 +1,296 @@
+"""One vendor token call over the shared client, mapped onto :mod:`app.providers.errors`.
+
+Shared by every vendor module: the bounded POST, the status → exception mapping, the
+``Retry-After`` parser and the scrubbing of vendor messages. Vendor modules supply only
+what differs: the URL, the body, where their error code and message live, and how to
+read a token's expiry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from typing import Any, cast
+
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from app.providers.errors import (
+    ProviderAuthFailed,
+    ProviderBadResponse,
+    ProviderConnectError,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderRejected,
+    ProviderServerError,
+    ProviderTimeout,
+)
+
+log = logging.getLogger("token_broker.providers")
+
+CONNECT_TIMEOUT_SECONDS = 2.0
+MAX_RESPONSE_BYTES = 64 * 1024
+"""A token answer is a few hundred bytes; anything past this is not read at all."""
+MAX_TOKEN_CHARS = 16 * 1024
+MAX_MESSAGE_CHARS = 200
+
+# A token goes into an HTML attribute and a JSON body: visible ASCII, no spaces or quotes.
+_TOKEN_RE = re.compile(r"[!#-~]+")
+_VENDOR_CODE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
+_BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
+# Opaque runs this long are keys or tokens far more often than words a person needs;
+# UUIDs are kept: they name dashboards and embeddables in vendor messages.
+_OPAQUE_RE = re.compile(r"[A-Za-z0-9_\-+/=]{32,}")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_CONTROL_OR_SPACE_RE = re.compile(r"[\s\x00-\x1f\x7f]+")
+_SECONDS_RE = re.compile(r"\d{1,10}(?:\.\d{1,6})?")
+REDACTED = "[redacted]"
+
+ErrorExtractor = Callable[[Any], tuple[str | None, str | None]]
+"""Parsed JSON error body → (vendor code, vendor message); either may be None."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Who is calling: names every exception raised and scrubs every message."""
+
+    provider: str
+    region: str | None
+    secrets: tuple[SecretStr, ...] = field(default=(), repr=False)
+
+    def scrub(self, text: str) -> str:
+        return scrub_message(text, (s.get_secret_value() for s in self.secrets))
+
+    def bad_response(self, reason: str) -> ProviderBadResponse:
+        log.warning(
+            "provider.bad_response",
+            extra={"provider": self.provider, "region": self.region, "reason": reason},
+        )
+        return ProviderBadResponse(
+            f"the vendor answered without a usable token ({reason})",
+            provider=self.provider,
+            region=self.region,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class VendorResponse:
+    status: int
+    headers: httpx.Headers
+    body: bytes = field(repr=False)
+    complete: bool
+    """False when the body was larger than MAX_RESPONSE_BYTES or could not be decoded."""
+
+    def json(self) -> Any:
+        """The parsed body, or None when it is absent, truncated or not JSON."""
+        if not self.complete or not self.body:
+            return None
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+
+async def post_json(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    api_key: SecretStr,
+    body: Mapping[str, Any],
+    timeout_seconds: float,
+    context: CallContext,
+) -> VendorResponse:
+    """POST ``body`` as JSON once; read at most MAX_RESPONSE_BYTES of the answer.
+
+    Transport failures become ProviderConnectError / ProviderTimeout; any status is
+    returned as is. The httpx exception is not chained: its request carries the key.
+    """
+    headers = {
+        "Authorization": f"Bearer {api_key.get_secret_value()}",
+        "Content-Type": "application/json",
+        "Accept": "application/json",
+    }
+    timeouts = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
+    content = orjson.dumps(body)
+    failure: ProviderError
+    try:
+        # httpx's timeouts bound each read; this bounds the whole call (slow-drip bodies).
+        async with asyncio.timeout(timeout_seconds):
+            return await _send(client, url, content, headers, timeouts)
+    except (httpx.TimeoutException, TimeoutError):
+        failure = ProviderTimeout(
+            f"no answer within {timeout_seconds:g} s",
+            provider=context.provider,
+            region=context.region,
+        )
+    except httpx.TransportError as exc:
+        failure = ProviderConnectError(
+            f"connection failed before an answer ({type(exc).__name__})",
+            provider=context.provider,
+            region=context.region,
+        )
+    raise failure
+
+
+async def _send(
+    client: httpx.AsyncClient,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeouts: httpx.Timeout,
+) -> VendorResponse:
+    async with client.stream(
+        "POST", url, content=content, headers=headers, timeout=timeouts
+    ) as response:
+        body, complete = await _read_bounded(response)
+        return VendorResponse(response.status_code, response.headers, body, complete)
+
+
+async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        chunk_stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+        async with contextlib.aclosing(chunk_stream) as stream:
+            async for chunk in stream:
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    return b"", False
+                chunks.append(chunk)
+    except httpx.DecodingError:
+        return b"", False
+    return b"".join(chunks), True
+
+
+def raise_for_failure(
+    response: VendorResponse, context: CallContext, extract_error: ErrorExtractor
+) -> None:
+    """Raise the ProviderError for any non-2xx answer; return for 2xx."""
+    status = response.status
+    if 200 <= status < 300:
+        return
+    code, message = _vendor_error(response, context, extract_error)
+    described = describe_status(status, code, message)
+    provider, region = context.provider, context.region
+    if status == 429:
+        raise ProviderRateLimited(
+            described,
+            provider=provider,
+            region=region,
+            retry_after_seconds=parse_retry_after(response.headers.get("retry-after")),
+        )
+    if status in (401, 403):
+        raise ProviderAuthFailed(described, provider=provider, region=region, status=status)
+    if 400 <= status < 500:
+        raise ProviderRejected(
+            described, provider=provider, region=region, status=status, vendor_code=code
+        )
+    if 500 <= status < 600:
+        raise ProviderServerError(
+            described, provider=provider, region=region, status=status, vendor_code=code
+        )
+    raise context.bad_response(f"unexpected status {status}")
+
+
+def _vendor_error(
+    response: VendorResponse, context: CallContext, extract_error: ErrorExtractor
+) -> tuple[str | None, str | None]:
+    payload = response.json()
+    if payload is None:
+        return None, None
+    try:
+        code, message = extract_error(payload)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None, None
+    if code is not None and not _VENDOR_CODE_RE.fullmatch(code):
+        code = None
+    if message is not None:
+        message = context.scrub(message) or None
+    return code, message
+
+
+def describe_status(status: int, code: str | None, message: str | None) -> str:
+    """``HTTP 400 INVALID_REQUEST_BODY: dataAppName ...``: what a person needs, nothing raw."""
+    text = f"HTTP {status}"
+    if code:
+        text += f" {code}"
+    if message:
+        text += f": {message}"
+    return text
+
+
+def token_from_body(response: VendorResponse, context: CallContext) -> str:
+    """The ``token`` of a 2xx ``{"token": "..."}`` body, or ProviderBadResponse."""
+    if not response.complete:
+        raise context.bad_response("body too large or undecodable")
+    payload = response.json()
+    if payload is None and response.body.strip() not in (b"", b"null"):
+        raise context.bad_response("body is not JSON")
+    if not isinstance(payload, dict):
+        raise context.bad_response("body is not a JSON object")
+    token = payload.get("token")
+    if not isinstance(token, str) or not token:
+        raise context.bad_response("no token field")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise context.bad_response("token too long")
+    if not _TOKEN_RE.fullmatch(token):
+        raise context.bad_response("token has characters a token cannot have")
+    return token
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delay-seconds or an HTTP-date; None if unusable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _SECONDS_RE.fullmatch(value):
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC without a claim about local time
+        when = when.replace(tzinfo=UTC)
+    seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def scrub_message(text: str, secrets: Iterable[str] = ()) -> str:
+    """A vendor message made safe to log and show: no keys, tokens, control characters."""
+    for secret in secrets:
+        if len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    text = _BEARER_RE.sub(f"Bearer {REDACTED}", text)
+    text = _JWT_RE.sub(REDACTED, text)
+    text = _OPAQUE_RE.sub(_redact_opaque, text)
+    text = _CONTROL_OR_SPACE_RE.sub(" ", text).strip()
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
+    return text
+
+
+def _redact_opaque(match: re.Match[str]) -> str:
+    return match.group() if _UUID_RE.fullmatch(match.group()) else REDACTED
+
+
+def short_string(value: Any) -> str | None:
+    """``value`` when it is a non-empty string (vendor error fields are loosely typed)."""
+    return value if isinstance(value, str) and value.strip() else None
+
+
+def require_positive_ttl(ttl_seconds: int) -> None:
+    if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be a positive integer")

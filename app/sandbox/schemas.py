@@ -1,0 +1,198 @@
+"""The vendors' request bodies, as strictly as their docs allow (upstreams.md).
+
+Written independently of the broker's request models on purpose: the sandbox is the
+oracle the broker is tested against, so a mistake in one must not hide in the other.
+Stricter than the broker in every way the docs permit: no type coercion, no nulls for
+documented types, unknown fields rejected, the expiry fields required and positive.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Required
+
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    with_config,
+)
+from typing_extensions import TypedDict
+
+STRICT = ConfigDict(extra="forbid", strict=True)
+
+NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+PositiveInt = Annotated[int, Field(gt=0)]
+SavedVersion = Annotated[str, StringConstraints(pattern=r"^(production|staging|development|v\d+)$")]
+AlphanumericName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+$")]
+
+
+@dataclass(frozen=True, slots=True)
+class BodyError:
+    field: str
+    """Dotted path of the offending field; ``body`` for the whole body."""
+    message: str
+
+
+# --- Embeddable ----------------------------------------------------------------------
+
+
+@with_config(STRICT)
+class EmbeddableFilter(TypedDict):
+    member: NonEmptyStr
+    operator: NonEmptyStr
+    values: list[Any]
+
+
+@with_config(STRICT)
+class EmbeddableSecurityTokenRequest(TypedDict, total=False):
+    embeddableId: Required[NonEmptyStr]
+    expiryInSeconds: Required[PositiveInt]
+    savedVersion: SavedVersion
+    securityContext: dict[str, Any]
+    user: NonEmptyStr
+    environment: NonEmptyStr
+    roles: list[NonEmptyStr]
+    customCanvasState: str
+    dashboardState: str
+    customCanvasReadOnly: bool
+    filters: list[EmbeddableFilter]
+    dataProvider: NonEmptyStr
+
+
+_EMBEDDABLE = TypeAdapter(EmbeddableSecurityTokenRequest)
+
+
+def validate_embeddable(body: Any) -> BodyError | None:
+    try:
+        request = _EMBEDDABLE.validate_python(body)
+    except ValidationError as exc:
+        return _first_error(exc)
+    if "customCanvasState" in request and "dashboardState" in request:
+        return BodyError(
+            "dashboardState", "dashboardState: the old name of customCanvasState; send one"
+        )
+    return None
+
+
+# --- Databrain -----------------------------------------------------------------------
+
+
+def _is_filter_value(value: Any) -> bool:
+    if isinstance(value, bool | str):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return all(isinstance(item, str) for item in value)
+    if isinstance(value, dict):
+        keys = set(value)
+        if keys == {"startDate", "endDate"} or keys == {"sql", "columnName"}:
+            return all(isinstance(item, str) and item for item in value.values())
+        if keys == {"min", "max"}:
+            return all(
+                isinstance(item, int | float) and not isinstance(item, bool)
+                for item in value.values()
+            )
+    return False
+
+
+def _filter_values(value: Any) -> Any:
+    """One filter value, or an object of filter name → value."""
+    if _is_filter_value(value):
+        return value
+    if isinstance(value, dict) and value and all(_is_filter_value(v) for v in value.values()):
+        return value
+    raise ValueError(
+        "must be a boolean, number, string, list of strings, {startDate, endDate}, "
+        "{min, max} or {sql, columnName} (or an object of filter name to such a value)"
+    )
+
+
+FilterValues = Annotated[Any, AfterValidator(_filter_values)]
+
+
+@with_config(STRICT)
+class AppFilter(TypedDict):
+    metricId: NonEmptyStr
+    values: FilterValues
+
+
+@with_config(STRICT)
+class DashboardAppFilter(TypedDict, total=False):
+    dashboardId: Required[NonEmptyStr]
+    values: Required[FilterValues]
+    isShowOnUrl: bool
+
+
+@with_config(STRICT)
+class GuestTokenParams(TypedDict, total=False):
+    appFilters: list[AppFilter]
+    dashboardAppFilters: list[DashboardAppFilter]
+    hideDashboardFilters: list[NonEmptyStr]
+    userIdentifier: NonEmptyStr
+    timezone: NonEmptyStr
+
+
+@with_config(STRICT)
+class GuestTokenPermissions(TypedDict, total=False):
+    isEnableArchiveMetrics: bool
+    isEnableManageMetrics: bool
+    isEnableCreateDashboardView: bool
+    isEnableMetricUpdation: bool
+    isEnableCustomizeLayout: bool
+    isEnableUnderlyingData: bool
+    isEnableDownloadMetrics: bool
+    isShowSideBar: bool
+    isShowDashboardName: bool
+    isDisableMetricCreation: bool
+
+
+@with_config(STRICT)
+class GuestTokenRequest(TypedDict, total=False):
+    clientId: Required[NonEmptyStr]
+    dataAppName: Required[AlphanumericName]
+    expiryTime: Required[PositiveInt]
+    params: GuestTokenParams
+    permissions: GuestTokenPermissions
+    datasourceName: NonEmptyStr
+
+
+_DATABRAIN = TypeAdapter(GuestTokenRequest)
+
+# The most specific documented code for an error at a field path (longest prefix wins).
+_DATABRAIN_CODES: Mapping[tuple[str, ...], str] = {
+    ("clientId",): "CLIENT_ID_ERROR",
+    ("params", "dashboardAppFilters"): "DASHBOARD_PARAM_ERROR",
+    ("params", "appFilters"): "APP_FILTER_PARAM_ERROR",
+}
+INVALID_REQUEST_BODY = "INVALID_REQUEST_BODY"
+
+
+def validate_databrain(body: Any) -> BodyError | None:
+    try:
+        _DATABRAIN.validate_python(body)
+    except ValidationError as exc:
+        return _first_error(exc)
+    return None
+
+
+def databrain_code(error: BodyError) -> str:
+    path = tuple(error.field.split("."))
+    for length in (2, 1):
+        code = _DATABRAIN_CODES.get(path[:length])
+        if code is not None:
+            return code
+    return INVALID_REQUEST_BODY
+
+
+def _first_error(exc: ValidationError) -> BodyError:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "body"
+    message = error["msg"].removeprefix("Value error, ")
+    return BodyError(where, f"{where}: {message}")
