@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -11,12 +11,12 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from app.api import probes
+from app.api import probes, tokens
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_exception_handlers
 from app.config.loader import load_policy_file
 from app.observability.metrics import Metrics
-from app.runtime import ActivePolicy, Runtime, vendor_http_client
+from app.runtime import Runtime, vendor_http_client
 from app.settings import Settings
 
 log = logging.getLogger("token_broker.main")
@@ -40,17 +40,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        config = load_policy_file(settings.config)
+        config = await asyncio.to_thread(load_policy_file, settings.config)
         metrics = Metrics.create()
         async with vendor_http_client() as http:
-            runtime = Runtime(
-                settings=settings,
-                http=http,
-                metrics=metrics,
-                active=ActivePolicy(config=config, loaded_at=time.time()),
-            )
-            log.info("broker.started", extra={"config": str(settings.config)})
-            yield {"runtime": runtime, "metrics": metrics}
+            runtime = await Runtime.start(settings, config, http, metrics)
+            try:
+                log.info("broker.started", extra={"config": str(settings.config)})
+                yield {"runtime": runtime, "metrics": metrics}
+            finally:
+                await runtime.aclose()
         log.info("broker.stopped")
 
     app = FastAPI(
@@ -63,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
     )
     install_exception_handlers(app)
+    app.include_router(tokens.router)
     app.include_router(probes.router)
     app.add_middleware(RequestContextMiddleware)
     return app

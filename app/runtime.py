@@ -1,41 +1,44 @@
 """Everything the process holds while it serves, created by the lifespan in ``app.main``.
 
-:class:`Runtime` lives for the whole process. Everything derived from one policy file
-is bundled into an immutable :class:`ActivePolicy`; a reload builds a new one and swaps
-a single reference, so a request (which reads ``runtime.active`` once) sees either the
-old policy or the new one, never a mix.
+:class:`Runtime` lives for the whole process: the HTTP client, metrics, JWKS caches,
+Redis, the token cache, rate-limit counters, circuit breakers. Everything derived from
+one policy file is bundled into an immutable :class:`ActivePolicy`; a reload builds a
+new one and swaps a single reference, so a request (which reads ``runtime.active``
+once) sees either the old policy or the new one, never a mix.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from app.auth import JwksStore, SessionVerifier
 from app.config.models import PolicyConfig
+from app.issuance import TokenFlow
 from app.observability.metrics import Metrics
+from app.policy import Policy
+from app.providers.base import BaseProvider
+from app.providers.registry import provider_class
+from app.resilience import VendorCaller
 from app.settings import Settings
+from app.state.cache import MemoryTokenCache, RedisTokenCache, TokenCache
+from app.state.ratelimit import RateLimiter
+from app.state.redis import RedisHealth
 
 
 @dataclass(frozen=True, slots=True)
 class ActivePolicy:
+    """One validated policy file and everything built from it."""
+
     config: PolicyConfig
+    policy: Policy
+    verifier: SessionVerifier
+    providers: Mapping[str, BaseProvider]
     loaded_at: float
-
-
-@dataclass(eq=False, slots=True)
-class Runtime:
-    settings: Settings
-    http: httpx.AsyncClient
-    metrics: Metrics
-    active: ActivePolicy
-    started_at: float = field(default_factory=time.time)
-
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        checks: dict[str, Any] = {"config": "ok"}
-        return True, checks
 
 
 def vendor_http_client() -> httpx.AsyncClient:
@@ -53,3 +56,99 @@ def vendor_http_client() -> httpx.AsyncClient:
         follow_redirects=False,
         headers={"User-Agent": "token-broker"},
     )
+
+
+@dataclass(eq=False)
+class Runtime:
+    settings: Settings
+    http: httpx.AsyncClient
+    metrics: Metrics
+    jwks: JwksStore
+    redis: RedisHealth | None
+    local_cache: MemoryTokenCache
+    token_cache: TokenCache
+    limiter: RateLimiter
+    caller: VendorCaller
+    flow: TokenFlow
+    active: ActivePolicy = field(init=False)
+    started_at: float = field(default_factory=time.time)
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, config: PolicyConfig, http: httpx.AsyncClient, metrics: Metrics
+    ) -> Runtime:
+        redis: RedisHealth | None = None
+        local_cache = MemoryTokenCache(config.cache.max_entries)
+        token_cache: TokenCache = local_cache
+        if settings.redis_url is not None:
+            redis = RedisHealth(
+                settings.redis_url.get_secret_value(),
+                metrics=metrics,
+                prefix=settings.redis_key_prefix,
+            )
+            token_cache = RedisTokenCache(
+                redis, encryption_secret=settings.cache_encryption_key, local=local_cache
+            )
+            await redis.start()
+        limiter = RateLimiter(
+            config.limits,
+            redis=redis,
+            metrics=metrics,
+            key_prefix=settings.redis_key_prefix,
+            key_secret=settings.cache_encryption_key,
+        )
+        caller = VendorCaller(metrics=metrics)
+        runtime = cls(
+            settings=settings,
+            http=http,
+            metrics=metrics,
+            jwks=JwksStore(http, metrics),
+            redis=redis,
+            local_cache=local_cache,
+            token_cache=token_cache,
+            limiter=limiter,
+            caller=caller,
+            flow=TokenFlow(cache=token_cache, caller=caller, metrics=metrics),
+        )
+        runtime.active = await runtime.build(config)
+        return runtime
+
+    async def build(self, config: PolicyConfig) -> ActivePolicy:
+        """Everything a policy file implies; started, but not yet in force."""
+        verifier = SessionVerifier(config.session, self.jwks, metrics=self.metrics)
+        await verifier.start()
+        providers = {
+            name: provider_class(block.type)(name, block, self.http)
+            for name, block in config.providers.items()
+        }
+        return ActivePolicy(
+            config=config,
+            policy=Policy(config),
+            verifier=verifier,
+            providers=providers,
+            loaded_at=time.time(),
+        )
+
+    def activate(self, active: ActivePolicy) -> None:
+        """Put a built policy in force (one reference swap)."""
+        self.limiter.configure(active.config.limits)
+        self.local_cache.resize(active.config.cache.max_entries)
+        self.active = active
+
+    async def aclose(self) -> None:
+        await self.jwks.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        checks: dict[str, Any] = {"config": "ok"}
+        missing = self.active.verifier.not_ready()
+        checks["jwks"] = {
+            issuer.issuer: ("no keys yet" if issuer.issuer in missing else "ok")
+            for issuer in self.active.config.session.issuers
+            if issuer.secret is None
+        }
+        # A Redis outage degrades to in-process state; it must not take every replica
+        # out of the load balancer (operations.md), so it is reported, not failed.
+        checks["redis"] = self.redis.status if self.redis is not None else "not configured"
+        return not missing, checks

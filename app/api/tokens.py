@@ -1,0 +1,179 @@
+"""``POST /v1/tokens``, ``GET /v1/embeds`` and ``POST /internal/v1/tokens`` (api.md)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import math
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from app.api.body import read_model
+from app.api.problems import NO_STORE_HEADERS
+from app.api.schemas import (
+    EmbedsResponse,
+    InternalTokenRequest,
+    TokenRequest,
+    TokenResponse,
+    problem_responses,
+)
+from app.auth import extract_session_token
+from app.config.models import ServiceConfig
+from app.errors import InvalidServiceKey
+from app.issuance import Grant, rate_limit_headers
+from app.policy import ServiceUser
+from app.runtime import ActivePolicy, Runtime
+
+router = APIRouter()
+
+_TOKEN_ERRORS = problem_responses(400, 401, 403, 413, 429, 502, 503, 504, 500)
+
+
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(body),
+        media_type="application/json",
+        headers={**NO_STORE_HEADERS, **(headers or {})},
+    )
+
+
+def _rfc3339(timestamp: float) -> str:
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _token_response(grant: Grant) -> Response:
+    expires_in = max(0, math.floor(grant.expires_at - time.time()))
+    body = {
+        "token": grant.token,
+        "provider": grant.rule.provider_type,
+        "embed": grant.rule.name,
+        "tenant": grant.tenant,
+        "expires_at": _rfc3339(grant.expires_at),
+        "expires_in": expires_in,
+        "element": {"tag": grant.element.tag, "attributes": dict(grant.element.attributes)},
+    }
+    return _json(body, rate_limit_headers(grant.rate))
+
+
+async def _session_user(request: Request, active: ActivePolicy) -> Any:
+    session = active.config.session
+    token = extract_session_token(
+        request.headers,
+        cookie_name=session.cookie,
+        allow_origins=active.config.cors.allow_origins,
+    )
+    return await active.verifier.verify(token)
+
+
+@router.post(
+    "/v1/tokens",
+    tags=["tokens"],
+    summary="Mint an embed token for the signed-in user",
+    response_model=TokenResponse,
+    responses=_TOKEN_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_token(request: Request) -> Response:
+    runtime: Runtime = request.state.runtime
+    active = runtime.active
+    user = await _session_user(request, active)
+    wanted = await read_model(request, TokenRequest)
+    grant = await runtime.flow.issue(
+        policy=active.policy,
+        providers=active.providers,
+        limiter=runtime.limiter,
+        user=user,
+        tenant=wanted.tenant,
+        embed=wanted.embed,
+        caller="session",
+    )
+    return _token_response(grant)
+
+
+@router.get(
+    "/v1/embeds",
+    tags=["tokens"],
+    summary="List the embeds the signed-in user may request",
+    response_model=EmbedsResponse,
+    responses=problem_responses(400, 401, 403, 500),
+)
+async def list_embeds(
+    request: Request,
+    tenant: str | None = Query(default=None, min_length=1, max_length=128),
+) -> Response:
+    runtime: Runtime = request.state.runtime
+    active = runtime.active
+    user = await _session_user(request, active)
+    chosen = active.policy.resolve_tenant(user, tenant)
+    embeds = [
+        {"name": rule.name, "title": rule.title, "provider": rule.provider_type}
+        for rule in active.policy.embeds_for(user, chosen)
+    ]
+    return _json({"tenant": chosen, "embeds": embeds})
+
+
+def _service_for(request: Request, active: ActivePolicy) -> tuple[str, ServiceConfig]:
+    values = request.headers.getlist("authorization")
+    if len(values) != 1:
+        raise InvalidServiceKey()
+    scheme, _, key = values[0].partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise InvalidServiceKey()
+    presented = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest().encode()
+    found: tuple[str, ServiceConfig] | None = None
+    # Compare against every configured hash, without stopping early.
+    for name, service in active.config.services.items():
+        if hmac.compare_digest(presented, service.key_sha256.encode()):
+            found = (name, service)
+    if found is None:
+        raise InvalidServiceKey()
+    return found
+
+
+@router.post(
+    "/internal/v1/tokens",
+    tags=["service-to-service"],
+    summary="Mint an embed token on behalf of a user (internal services)",
+    response_model=TokenResponse,
+    responses=_TOKEN_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": InternalTokenRequest.model_json_schema()}},
+        }
+    },
+)
+async def create_token_for_service(request: Request) -> Response:
+    runtime: Runtime = request.state.runtime
+    active = runtime.active
+    name, service = _service_for(request, active)
+    wanted = await read_model(request, InternalTokenRequest)
+    user = ServiceUser(
+        id=wanted.user.id,
+        tenants=(wanted.user.tenant,),
+        roles=tuple(wanted.user.roles),
+        email=wanted.user.email,
+        claims=wanted.user.claims,
+    )
+    grant = await runtime.flow.issue(
+        policy=active.policy,
+        providers=active.providers,
+        limiter=runtime.limiter,
+        user=user,
+        tenant=wanted.user.tenant,
+        embed=wanted.embed,
+        caller=f"service:{name}",
+        service=service,
+    )
+    return _token_response(grant)

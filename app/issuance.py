@@ -1,0 +1,189 @@
+"""The token flow: authorize → rate-limit → cache → single-flight → vendor → audit.
+
+Everything here is independent of HTTP: the API layer hands in a verified user and
+what was asked for, and gets back a :class:`Grant` or a :class:`BrokerError`. Every
+decision (granted or denied) emits exactly one audit event and one
+``tokens_total`` count, whatever path it took.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from app.config.models import ServiceConfig
+from app.errors import BrokerError, InternalError, RateLimited
+from app.observability.metrics import Metrics
+from app.policy import EmbedRule, TokenPlan, User
+from app.providers.base import BaseProvider, Element
+from app.providers.errors import ProviderError
+from app.providers.mapping import to_broker_error
+from app.resilience import VendorCaller
+from app.state.cache import CachedToken, TokenCache, token_cache_key
+from app.state.ratelimit import RateDecision, RateLimiter
+from app.state.singleflight import SingleFlight
+
+audit_log = logging.getLogger("token_broker.audit")
+log = logging.getLogger("token_broker.issuance")
+
+CacheState = Literal["hit", "miss", "coalesced", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    token: str = field(repr=False)
+    rule: EmbedRule
+    tenant: str
+    region: str
+    expires_at: float
+    element: Element
+    cache: CacheState
+    rate: RateDecision | None
+
+
+@dataclass(frozen=True, slots=True)
+class Obtained:
+    token: CachedToken
+    vendor_status: int | None
+
+
+def rate_limit_headers(decision: RateDecision | None) -> dict[str, str]:
+    """RateLimit-* headers (IETF draft names) for the tightest applied limit."""
+    if decision is None or decision.limit <= 0:
+        return {}
+    return {
+        "RateLimit-Limit": str(decision.limit),
+        "RateLimit-Remaining": str(max(0, decision.remaining)),
+        "RateLimit-Reset": str(max(0, int(decision.reset_after + 0.999))),
+    }
+
+
+def user_rate_key(user: User) -> str:
+    return hashlib.sha256(user.id.encode()).hexdigest()
+
+
+class TokenFlow:
+    """Process-wide: the cache, single-flight and vendor caller outlive policy reloads."""
+
+    def __init__(
+        self,
+        *,
+        cache: TokenCache,
+        caller: VendorCaller,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cache = cache
+        self._caller = caller
+        self._metrics = metrics
+        self._clock = clock
+        self._flights: SingleFlight[Obtained] = SingleFlight()
+
+    async def issue(
+        self,
+        *,
+        policy: Any,
+        providers: Mapping[str, BaseProvider],
+        limiter: RateLimiter,
+        user: User,
+        tenant: str | None,
+        embed: str,
+        caller: str,
+        service: ServiceConfig | None = None,
+    ) -> Grant:
+        started = time.perf_counter()
+        audit: dict[str, Any] = {
+            "caller": caller,
+            "user_id": user.id,
+            "tenant": tenant,
+            "embed": embed,
+            "provider": None,
+            "region": None,
+            "cache": "none",
+            "vendor_status": None,
+        }
+        try:
+            if service is not None:
+                assert tenant is not None
+                policy.authorize_service_tenant(service, tenant)
+            chosen = policy.resolve_tenant(user, tenant)
+            audit["tenant"] = chosen
+            rule: EmbedRule = policy.authorize(user, chosen, embed, service)
+            audit["provider"] = rule.provider
+            plan: TokenPlan = policy.plan(user, chosen, rule)
+            audit["region"] = plan.region
+            decision = await limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
+            if not decision.allowed:
+                raise RateLimited(
+                    f"the {decision.scope} rate limit is exhausted",
+                    retry_after_seconds=decision.reset_after,
+                    headers=rate_limit_headers(decision),
+                )
+            provider = providers[rule.provider]
+            obtained, cache_state = await self._obtain(plan, provider, policy.config.cache)
+            audit["cache"] = cache_state
+            audit["vendor_status"] = obtained.vendor_status
+            element = provider.element(rule.element, plan.region)
+        except BrokerError as exc:
+            self._record("token.denied", exc.code, audit, started)
+            raise
+        except Exception:
+            log.exception("issuance.unexpected_error")
+            self._record("token.denied", InternalError.code, audit, started)
+            raise InternalError() from None
+        self._record("token.issued", "ok", audit, started)
+        return Grant(
+            token=obtained.token.token,
+            rule=rule,
+            tenant=chosen,
+            region=plan.region,
+            expires_at=obtained.token.expires_at,
+            element=element,
+            cache=cache_state,
+            rate=decision,
+        )
+
+    async def _obtain(
+        self, plan: TokenPlan, provider: BaseProvider, cache_config: Any
+    ) -> tuple[Obtained, CacheState]:
+        rule = plan.embed
+        key = token_cache_key(
+            rule.provider, plan.region, {"ttl": rule.ttl_seconds, "body": plan.body}
+        )
+        if cache_config.enabled:
+            cached = await self._cache.get(key)
+            if (
+                cached is not None
+                and cached.remaining_ratio(self._clock()) >= cache_config.min_remaining_ratio
+            ):
+                return Obtained(cached, None), "hit"
+
+        async def call_vendor() -> Obtained:
+            requested_at = self._clock()
+            try:
+                issued = await self._caller.issue(
+                    provider, plan.body, rule.ttl_seconds, plan.region
+                )
+            except ProviderError as exc:
+                raise to_broker_error(exc) from None
+            token = CachedToken(
+                token=issued.token, issued_at=requested_at, expires_at=issued.expires_at
+            )
+            if cache_config.enabled:
+                await self._cache.put(key, token)
+            return Obtained(token, issued.vendor_status)
+
+        obtained, coalesced = await self._flights.run(key, call_vendor)
+        return obtained, "coalesced" if coalesced else "miss"
+
+    def _record(self, event: str, outcome: str, audit: dict[str, Any], started: float) -> None:
+        audit["outcome"] = outcome
+        audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        audit_log.info(event, extra=audit)
+        provider = audit["provider"] or "-"
+        embed = audit["embed"] if audit["provider"] else "-"  # unknown names stay unbounded
+        self._metrics.tokens_total.labels(provider, embed, outcome, audit["cache"]).inc()
