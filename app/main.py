@@ -11,11 +11,13 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from app.api import probes, tokens
+from app.api import metrics, probes, tokens
+from app.api.cors import DynamicCORSMiddleware
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_exception_handlers
 from app.config.loader import load_policy_file
 from app.observability.metrics import Metrics
+from app.reload import PolicyReloader
 from app.runtime import Runtime, vendor_http_client
 from app.settings import Settings
 
@@ -44,10 +46,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics.create()
         async with vendor_http_client() as http:
             runtime = await Runtime.start(settings, config, http, metrics)
+            reloader = PolicyReloader(runtime, settings.config, settings.reload_interval_seconds)
             try:
+                await reloader.start()
                 log.info("broker.started", extra={"config": str(settings.config)})
                 yield {"runtime": runtime, "metrics": metrics}
             finally:
+                await reloader.aclose()
                 await runtime.aclose()
         log.info("broker.stopped")
 
@@ -63,5 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     app.include_router(tokens.router)
     app.include_router(probes.router)
+    app.include_router(metrics.router)
+    # Added last = outermost: every response, CORS ones included, gets a request id.
+    app.add_middleware(DynamicCORSMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -22,6 +22,13 @@ from app.observability.metrics import Metrics
 
 log = logging.getLogger("token_broker.http")
 
+# A JSON API: nothing here is meant to be framed, sniffed, or referred from.
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,128}$")
 _HEADER = b"x-request-id"
 
@@ -62,7 +69,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), header, *SECURITY_HEADERS]
             await send(message)
 
         try:
@@ -81,6 +88,7 @@ class RequestContextMiddleware:
                             (b"content-length", str(len(body)).encode()),
                             (b"cache-control", b"no-store"),
                             header,
+                            *SECURITY_HEADERS,
                         ],
                     }
                 )

@@ -27,11 +27,9 @@ from app.errors import (
 
 log = logging.getLogger("token_broker.api")
 
-NO_STORE_HEADERS = {
-    "Cache-Control": "no-store",
-    "Pragma": "no-cache",
-    "X-Content-Type-Options": "nosniff",
-}
+# X-Content-Type-Options and the other security headers are added to every response
+# by RequestContextMiddleware.
+NO_STORE_HEADERS = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 def request_id_of(request: Request) -> str:

@@ -15,7 +15,6 @@ from tests.support.policies import BASE_ENV, SERVICE_KEY, base_policy
 from tests.support.stack import Stack, bearer, running_stack, session_token
 
 
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     document = base_policy()

@@ -1,0 +1,93 @@
+"""``token-broker serve`` as a real child process, with its output captured to a file."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.support.servers import LOOPBACK, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class BrokerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def stop(self, timeout: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=5)
+
+
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"broker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"broker not ready in {timeout} s:\n{log_path.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def broker_process(
+    config: Path,
+    log_dir: Path,
+    env: Mapping[str, str],
+    *,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[BrokerProcess]:
+    port = free_port()
+    log_path = log_dir / f"broker-{port}.log"
+    environment = {
+        **os.environ,
+        **env,
+        "BROKER_CONFIG": str(config),
+        "BROKER_HOST": LOOPBACK,
+        "BROKER_PORT": str(port),
+        "BROKER_LOG_LEVEL": "info",
+        "BROKER_LOG_FORMAT": "json",
+        **(extra_env or {}),
+    }
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve"],
+            cwd=ROOT,
+            env=environment,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    broker = BrokerProcess(url=f"http://{LOOPBACK}:{port}", process=process, log_path=log_path)
+    try:
+        wait_ready(broker.url, process, log_path)
+        yield broker
+    finally:
+        broker.stop()
