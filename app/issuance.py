@@ -15,10 +15,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from app.config.models import ServiceConfig
+from app.config.models import CacheConfig, ServiceConfig
 from app.errors import BrokerError, InternalError, RateLimited
 from app.observability.metrics import Metrics
-from app.policy import EmbedRule, TokenPlan, User
+from app.policy import EmbedRule, Policy, TokenPlan, User
 from app.providers.base import BaseProvider, Element
 from app.providers.errors import ProviderError
 from app.providers.mapping import to_broker_error
@@ -86,7 +86,7 @@ class TokenFlow:
     async def issue(
         self,
         *,
-        policy: Any,
+        policy: Policy,
         providers: Mapping[str, BaseProvider],
         limiter: RateLimiter,
         user: User,
@@ -112,9 +112,9 @@ class TokenFlow:
                 policy.authorize_service_tenant(service, tenant)
             chosen = policy.resolve_tenant(user, tenant)
             audit["tenant"] = chosen
-            rule: EmbedRule = policy.authorize(user, chosen, embed, service)
+            rule = policy.authorize(user, chosen, embed, service)
             audit["provider"] = rule.provider
-            plan: TokenPlan = policy.plan(user, chosen, rule)
+            plan = policy.plan(user, chosen, rule)
             audit["region"] = plan.region
             decision = await limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
             if not decision.allowed:
@@ -148,12 +148,10 @@ class TokenFlow:
         )
 
     async def _obtain(
-        self, plan: TokenPlan, provider: BaseProvider, cache_config: Any
+        self, plan: TokenPlan, provider: BaseProvider, cache_config: CacheConfig
     ) -> tuple[Obtained, CacheState]:
         rule = plan.embed
-        key = token_cache_key(
-            rule.provider, plan.region, {"ttl": rule.ttl_seconds, "body": plan.body}
-        )
+        key = token_cache_key(rule.provider, plan.region, plan.body, ttl_seconds=rule.ttl_seconds)
         if cache_config.enabled:
             cached = await self._cache.get(key)
             if (
