@@ -63,7 +63,8 @@ def rate_limit_headers(decision: RateDecision | None) -> dict[str, str]:
 
 
 def user_rate_key(user: User) -> str:
-    return hashlib.sha256(user.id.encode()).hexdigest()
+    """Per-user limits are per (issuer, user id): two issuers may both have a user "42"."""
+    return hashlib.sha256(f"{user.issuer}\0{user.id}".encode()).hexdigest()
 
 
 class TokenFlow:
@@ -151,7 +152,12 @@ class TokenFlow:
         self, plan: TokenPlan, provider: BaseProvider, cache_config: CacheConfig
     ) -> tuple[Obtained, CacheState]:
         rule = plan.embed
-        key = token_cache_key(rule.provider, plan.region, plan.body, ttl_seconds=rule.ttl_seconds)
+        key = token_cache_key(
+            f"{rule.provider}@{provider.account_fingerprint(plan.region)}",
+            plan.region,
+            plan.body,
+            ttl_seconds=rule.ttl_seconds,
+        )
         if cache_config.enabled:
             cached = await self._cache.get(key)
             if (

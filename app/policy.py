@@ -13,6 +13,7 @@ and ``invalid_request`` when a multi-tenant user does not say which tenant.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -46,6 +47,8 @@ class User(Protocol):
     def email(self) -> str | None: ...
     @property
     def claims(self) -> Mapping[str, Any]: ...
+    @property
+    def issuer(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class ServiceUser:
     roles: tuple[str, ...]
     email: str | None
     claims: Mapping[str, Any]
+    issuer: str  # "service:<name>": user ids are namespaced by who vouches for them
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +235,33 @@ def _user_resolver(user: User) -> Any:
             raise Missing(ref) from None
         if value is None:
             raise Missing(ref)
+        if not _json_safe(value):
+            raise TypeError(
+                f"claim '{'.'.join(ref.path[1:])}' holds a value no vendor body can carry"
+            )
         return value
 
     return resolve
+
+
+_INT_RANGE = (-(2**63), 2**64 - 1)
+
+
+def _json_safe(value: Any, depth: int = 0) -> bool:
+    """True when ``value`` encodes as JSON for a vendor body (64-bit ints, finite floats)."""
+    if isinstance(value, str | bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return _INT_RANGE[0] <= value <= _INT_RANGE[1]
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if depth > 16:
+        return False
+    if isinstance(value, list):
+        return all(_json_safe(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(_json_safe(item, depth + 1) for item in value.values())
+    return False
 
 
 __all__ = ["EmbedRule", "Policy", "ServiceUser", "Template", "TokenPlan", "User"]

@@ -54,7 +54,9 @@ def vendor_http_client() -> httpx.AsyncClient:
             max_connections=512, max_keepalive_connections=128, keepalive_expiry=30
         ),
         follow_redirects=False,
-        headers={"User-Agent": "token-broker"},
+        # Identity encoding: size caps on vendor and JWKS bodies then bound what is
+        # actually held in memory (a small gzip body can inflate a thousandfold).
+        headers={"User-Agent": "token-broker", "Accept-Encoding": "identity"},
     )
 
 

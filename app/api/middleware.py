@@ -17,7 +17,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_CONTENT_TYPE, InternalError
-from app.observability.logging import request_id_var
+from app.observability.logging import loggable_path, request_id_var
 from app.observability.metrics import Metrics
 
 log = logging.getLogger("token_broker.http")
@@ -75,7 +75,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("http.unhandled_error", extra={"path": scope.get("path")})
+            log.exception("http.unhandled_error", extra={"path": loggable_path(scope["path"])})
             if not started:
                 status = 500
                 body = orjson.dumps(InternalError().problem(request_id))

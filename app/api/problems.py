@@ -53,7 +53,11 @@ def describe_validation_errors(errors: list[dict[str, object]] | object) -> str:
     for err in errors[:5]:
         if not isinstance(err, dict):
             continue
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header")]  # type: ignore[union-attr]
+        loc = [
+            str(p)[:64]
+            for p in err.get("loc", ())  # type: ignore[union-attr]
+            if p not in ("body", "query", "header")
+        ]
         where = ".".join(loc) or "body"
         kind = err.get("type")
         if kind == "extra_forbidden":

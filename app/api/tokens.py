@@ -165,6 +165,7 @@ async def create_token_for_service(request: Request) -> Response:
         roles=tuple(wanted.user.roles),
         email=wanted.user.email,
         claims=wanted.user.claims,
+        issuer=f"service:{name}",
     )
     grant = await runtime.flow.issue(
         policy=active.policy,

@@ -87,6 +87,10 @@ def loads_strict_json(text: str, *, max_depth: int) -> Any:
     nesting deeper than ``max_depth`` (checked before parsing, so no RecursionError)."""
     if _nesting_exceeds(text, max_depth):
         raise StrictJsonError("nested too deeply")
+    if _LONE_SURROGATE_ESCAPE.search(text) and _has_lone_surrogate_escape(text):
+        # JSON can spell a lone UTF-16 surrogate ("\ud800"); such a string is not
+        # Unicode text and cannot be encoded again (cache keys, vendor bodies, logs).
+        raise StrictJsonError("contains a lone surrogate")
     try:
         return json.loads(
             text,
@@ -98,6 +102,21 @@ def loads_strict_json(text: str, *, max_depth: int) -> Any:
         raise
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int-digit limit
         raise StrictJsonError("not valid JSON") from exc
+
+
+_LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
+
+
+def _has_lone_surrogate_escape(text: str) -> bool:
+    """True when a ``\\uD800``-``\\uDFFF`` escape is not part of a valid pair."""
+    try:
+        decoded = json.loads(text, object_pairs_hook=lambda pairs: [*pairs])
+        json.dumps(decoded, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):
+        return False  # not valid JSON: the strict parse reports that
+    return False
 
 
 def decode_base64url(segment: str) -> bytes:

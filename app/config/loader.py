@@ -225,10 +225,13 @@ def _check_issuers(policy: PolicyConfig) -> Iterable[ConfigIssue]:
         if hmac:
             if issuer.secret is None:
                 yield ConfigIssue(f"{where}.secret", "HS* algorithms need a secret")
-            elif len(issuer.secret.get_secret_value().encode()) < MIN_HMAC_SECRET_BYTES:
-                yield ConfigIssue(
-                    f"{where}.secret", f"the secret must be at least {MIN_HMAC_SECRET_BYTES} bytes"
-                )
+            else:
+                needed = max(MIN_HMAC_SECRET_BYTES[alg] for alg in hmac)
+                if len(issuer.secret.get_secret_value().encode()) < needed:
+                    yield ConfigIssue(
+                        f"{where}.secret",
+                        f"the secret must be at least {needed} bytes for {', '.join(sorted(hmac))}",
+                    )
             if issuer.jwks_url is not None or issuer.public_key is not None:
                 yield ConfigIssue(where, "an HS* issuer takes no jwks_url or public_key")
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextvars
 import datetime as dt
 import logging
+import re
 from typing import Any
 
 import orjson
@@ -65,6 +66,21 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+_TOKEN_LIKE = re.compile(r"^[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.|^[A-Za-z0-9_\-+/=%.~]{48,}$")
+
+
+def loggable_path(path: object) -> str:
+    """The request path without its query string, with token-like segments redacted.
+
+    Clients do put session tokens in URLs (``?access_token=...``); the broker never
+    reads them there, and must not write them to its logs either.
+    """
+    text = str(path)
+    base, has_query, _ = text.partition("?")
+    segments = ["[redacted]" if _TOKEN_LIKE.match(seg) else seg for seg in base.split("/")]
+    return "/".join(segments) + ("?[query omitted]" if has_query else "")
+
+
 class AccessLogFormatter(JsonFormatter):
     """uvicorn.access records → ``http.access`` events with named fields."""
 
@@ -75,7 +91,11 @@ class AccessLogFormatter(JsonFormatter):
             record.msg = "http.access"
             record.args = ()
             record.__dict__.update(
-                client=client, method=method, path=path, http_version=http_version, status=status
+                client=client,
+                method=method,
+                path=loggable_path(path),
+                http_version=http_version,
+                status=status,
             )
         return super().format(record)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
 
 # Fields that carry the token's lifetime. The broker owns them (from token_ttl_seconds);
 # a policy file that writes one in a request is rejected at load.
@@ -17,6 +18,23 @@ BROKER_OWNED_FIELDS = frozenset({"expiryInSeconds", "expiryTime"})
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+def check_vendor_url(url: AnyHttpUrl) -> AnyHttpUrl:
+    """Plain http would send the API key in cleartext: allowed only to loopback and to
+    single-label hosts (a compose or cluster-internal service such as the sandbox)."""
+    if url.scheme == "https":
+        return url
+    host = url.host or ""
+    if host in LOOPBACK_HOSTS or "." not in host:
+        return url
+    raise ValueError("plain http to a public host would send the API key in cleartext; use https")
+
+
+VendorUrl = Annotated[AnyHttpUrl, AfterValidator(check_vendor_url)]
 
 
 class ProviderConfigBase(StrictModel):
@@ -96,6 +114,7 @@ class BaseProvider(abc.ABC):
         self.name = name
         self.config = config
         self._client = client
+        self._fingerprints: dict[str | None, str] = {}
 
     @classmethod
     @abc.abstractmethod
@@ -112,3 +131,20 @@ class BaseProvider(abc.ABC):
 
     @abc.abstractmethod
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element: ...
+
+    @abc.abstractmethod
+    def account(self, region: str | None) -> tuple[str, SecretStr]:
+        """The endpoint and API key a token for ``region`` comes from."""
+
+    def account_fingerprint(self, region: str | None) -> str:
+        """Names the vendor account (endpoint + key) without revealing the key.
+
+        Part of the token-cache key: after a reload that points a provider at another
+        endpoint or key, tokens of the old account are never handed out again.
+        """
+        found = self._fingerprints.get(region)
+        if found is None:
+            base_url, key = self.account(region)
+            digest = hashlib.sha256(f"{base_url}\0{key.get_secret_value()}".encode())
+            found = self._fingerprints[region] = digest.hexdigest()[:32]
+        return found

@@ -18,6 +18,7 @@ from app.providers.base import (
     IssuedToken,
     ProviderConfigBase,
     StrictModel,
+    VendorUrl,
 )
 from app.providers.embeddable import _first_error
 from app.providers.http import (
@@ -38,7 +39,7 @@ METRIC_TAG = "dbn-metric"
 
 class DatabrainConfig(ProviderConfigBase):
     type: Literal["databrain"]
-    base_url: AnyHttpUrl = AnyHttpUrl(DEFAULT_BASE_URL)
+    base_url: VendorUrl = AnyHttpUrl(DEFAULT_BASE_URL)
     api_key: SecretStr = Field(min_length=1)
 
     def secrets(self) -> list[SecretStr]:
@@ -151,6 +152,9 @@ class DatabrainProvider(BaseProvider):
         return IssuedToken(
             token=token, expires_at=started + ttl_seconds, vendor_status=response.status
         )
+
+    def account(self, region: str | None) -> tuple[str, SecretStr]:
+        return str(self.config.base_url).rstrip("/"), self.config.api_key
 
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
         if element is not None and element.dashboard_id is not None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
 import orjson
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
 from app.providers.base import (
     BaseProvider,
@@ -23,6 +23,7 @@ from app.providers.base import (
     IssuedToken,
     ProviderConfigBase,
     StrictModel,
+    VendorUrl,
 )
 from app.providers.http import (
     CallContext,
@@ -46,7 +47,7 @@ ELEMENT_TAG = "em-beddable"
 
 class EmbeddableRegionConfig(StrictModel):
     api_key: SecretStr = Field(min_length=1)
-    base_url: AnyHttpUrl | None = None
+    base_url: VendorUrl | None = None
     """Defaults to https://api.<region>.embeddable.com for us and eu."""
 
 
@@ -166,6 +167,10 @@ class EmbeddableProvider(BaseProvider):
         else:
             expires_at = min(expires_at, token_exp)
         return IssuedToken(token=token, expires_at=expires_at, vendor_status=response.status)
+
+    def account(self, region: str | None) -> tuple[str, SecretStr]:
+        name = self._region(region)
+        return self.config.base_url(name), self.config.regions[name].api_key
 
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
         return Element(ELEMENT_TAG, {"base-url": self.config.base_url(self._region(region)) + "/"})

@@ -305,6 +305,10 @@ class RateLimiter:
             stats = await limiter.get_window_stats(item, scope, identifier)
             # limits stamps reset_time with time.time(), whatever clock the storage uses.
             reset_after = max(0.0, stats.reset_time - time.time())
+            if reset_after <= 0.0:
+                # Read in the same instant as the window's first hit, limits' TTL modulo
+                # the window is 0; the honest answer is a whole window.
+                reset_after = float(item.get_expiry())
             if not allowed:
                 return RateDecision(
                     allowed=False,

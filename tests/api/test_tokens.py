@@ -494,3 +494,38 @@ def test_openapi_describes_every_endpoint(stack: Stack) -> None:
     post = paths["/v1/tokens"]["post"]
     assert "requestBody" in post
     assert {"200", "400", "401", "403", "413", "429", "502", "503", "504"} <= set(post["responses"])
+
+
+@pytest.mark.parametrize("value", [10**30, -(10**30), [1, 2**70]])
+def test_claims_no_vendor_body_can_carry_are_403(stack: Stack, value: Any) -> None:
+    token = session_token(unique_user(), "acme", org={"department": value})
+    problem(stack.token("claims-embed", token), 403, "missing_claim")
+    assert stack.vendor_requests() == []
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"embed": "sales-overview", "user": {"id": "u", "tenant": "acme", "claims": {"d": NaN}}}',
+        b'{"embed": "sales-overview", "user": {"id": "u", "tenant": "acme", "claims": {"d": "\\ud800"}}}',
+        '{"embed": "sales-overview", "user": {"id": "u", "tenant": "acme"}}'.encode("utf-16"),
+    ],
+)
+def test_internal_bodies_are_strict_json(stack: Stack, content: bytes) -> None:
+    response = stack.client.post(
+        f"{stack.broker}/internal/v1/tokens",
+        content=content,
+        headers={"Authorization": f"Bearer {SERVICE_KEY}", "Content-Type": "application/json"},
+    )
+    problem(response, 400, "invalid_request")
+
+
+def test_echoed_field_names_are_bounded(stack: Stack) -> None:
+    key = "k" * 2000
+    response = stack.client.post(
+        f"{stack.broker}/v1/tokens",
+        json={"embed": "sales-overview", key: 1},
+        headers=bearer(session_token(unique_user())),
+    )
+    body = problem(response, 400, "invalid_request")
+    assert len(body["detail"]) < 200

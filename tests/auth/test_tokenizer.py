@@ -96,3 +96,22 @@ def test_shape_errors(token: str) -> None:
 def test_empty_signature_is_invalid() -> None:
     with pytest.raises(InvalidSession, match="signature"):
         parse_compact_jws(compact(HEADER, PAYLOAD, b""), max_bytes=1024)
+
+
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [
+        ('{"a": "\\ud800"}', False),
+        ('{"\\udfff": 1}', False),
+        ('{"a": "x\\ud83dy"}', False),
+        ('{"a": "\\ud83d\\ude00"}', True),  # a valid pair is an ordinary character
+    ],
+)
+def test_lone_surrogates_are_not_json_text(text: str, accepted: bool) -> None:
+    from app.auth.tokenizer import StrictJsonError, loads_strict_json
+
+    if accepted:
+        assert loads_strict_json(text, max_depth=4) == {"a": "\U0001f600"}
+    else:
+        with pytest.raises(StrictJsonError):
+            loads_strict_json(text, max_depth=4)

@@ -410,3 +410,35 @@ def test_no_error_message_contains_a_secret_value() -> None:
     text = "\n".join(problems(document, env))
     for value in env.values():
         assert value not in text
+
+
+@pytest.mark.parametrize(("alg", "needed"), [("HS384", 48), ("HS512", 64)])
+def test_hmac_secret_must_be_as_long_as_the_hash(alg: str, needed: int) -> None:
+    document = base_policy()
+    document["session"]["issuers"][0]["algorithms"] = [alg]
+    env = {**BASE_ENV, "SESSION_HS256_SECRET": "s" * (needed - 1)}
+    assert_problem(document, "session.issuers[0].secret", f"at least {needed} bytes", env)
+    load(document, {**BASE_ENV, "SESSION_HS256_SECRET": "s" * needed})
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("http://api.usedatabrain.com", False),
+        ("http://10.0.0.5:8080", False),
+        ("https://api.usedatabrain.com", True),
+        ("http://127.0.0.1:8090/databrain", True),
+        ("http://localhost:8090", True),
+        ("http://sandbox:8090/databrain", True),  # a compose / in-cluster service name
+    ],
+)
+def test_vendor_urls_need_https_off_loopback(url: str, accepted: bool) -> None:
+    document = base_policy()
+    document["providers"]["databrain"]["base_url"] = url
+    document["providers"]["embeddable"]["regions"]["eu"]["base_url"] = url
+    if accepted:
+        load(document)
+    else:
+        found = problems(document)
+        assert any(p.startswith("providers.databrain.base_url") and "cleartext" in p for p in found)
+        assert any(p.startswith("providers.embeddable.regions.eu.base_url") for p in found)

@@ -134,3 +134,21 @@ def test_an_unknown_subclass_keeps_the_retryable_split() -> None:
 
     assert isinstance(to_broker_error(NewLogical("x", **WHERE)), UpstreamBadResponse)
     assert isinstance(to_broker_error(NewTechnical("x", **WHERE)), UpstreamUnavailable)
+
+
+def test_account_fingerprints_name_endpoint_and_key_without_revealing_them() -> None:
+    import httpx
+
+    from app.providers.databrain import DatabrainConfig, DatabrainProvider
+
+    def provider(key: str, url: str = "https://api.usedatabrain.com") -> DatabrainProvider:
+        config = DatabrainConfig.model_validate(
+            {"type": "databrain", "api_key": key, "base_url": url}
+        )
+        return DatabrainProvider("databrain", config, httpx.AsyncClient())
+
+    first = provider("key-one-secret").account_fingerprint(None)
+    assert first == provider("key-one-secret").account_fingerprint(None)
+    assert first != provider("key-two-secret").account_fingerprint(None)
+    assert first != provider("key-one-secret", "https://bi.example.com").account_fingerprint(None)
+    assert "key-one-secret" not in first

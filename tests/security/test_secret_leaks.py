@@ -124,6 +124,12 @@ def test_no_secret_token_or_key_appears_anywhere(tmp_path: Path, sandbox: str) -
         )
         send("GET", "/v1/embeds", headers=bearer(session("u1")))
 
+        # Tokens where the broker never reads them: the query string and the path
+        # (the access log is on: it must not write them either).
+        in_url = session("u-url")
+        send("GET", f"/v1/embeds?access_token={in_url}")
+        send("POST", f"/v1/tokens/{in_url}", json={"embed": "sales-overview"})
+
         # Every client error code.
         send("POST", "/v1/tokens", content=b"{", headers=bearer(session("u3")))  # invalid_request
         send(

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
-from limits import parse
+from limits import WindowStats, parse
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from app.config.models import LimitsConfig
@@ -199,6 +199,21 @@ class TestRedis:
         refusal = await second.hit(user_key="alice", tenant_key="acme")
         assert (refusal.allowed, refusal.scope, refusal.limit) == (False, "user", 3)
         assert refusal.reset_after > 0
+
+    async def test_first_hit_of_a_window_reports_a_positive_reset(
+        self, health: RedisHealth
+    ) -> None:
+        # limits reports a reset of "now" when its stats are read in the same instant as
+        # the window's first hit (TTL modulo window = 0); pin that case down.
+        rl = self.shared(health, "2/minute")
+        assert rl._shared is not None
+
+        async def stats_at_window_start(*_: object) -> WindowStats:
+            return WindowStats(reset_time=time.time(), remaining=1)
+
+        rl._shared.get_window_stats = stats_at_window_start  # type: ignore[method-assign]
+        decision = await rl.hit(user_key="fresh", tenant_key="acme")
+        assert decision.reset_after == 60
 
     async def test_tenant_scope_over_redis(self, health: RedisHealth) -> None:
         rl = self.shared(health, "50/day", "2/day")
