@@ -33,6 +33,15 @@ def _settings() -> Settings:
     return Settings()
 
 
+def _load_or_report(path: Path) -> PolicyConfig | None:
+    """The policy, or None after printing every problem (YAML path and reason)."""
+    try:
+        return load_policy_file(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return None
+
+
 # --- check-config ---------------------------------------------------------------------
 
 
@@ -62,10 +71,8 @@ def summarize(config: PolicyConfig) -> str:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = Path(args.path) if args.path else _settings().config
-    try:
-        config = load_policy_file(path)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    config = _load_or_report(path)
+    if config is None:
         return EXIT_INVALID
     print(f"{path}: valid")
     print(summarize(config))
@@ -102,10 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             for err in exc.errors(include_input=False, include_url=False)
         )
         return _fail(f"invalid environment settings: {details}")
-    try:
-        load_policy_file(settings.config)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    if _load_or_report(settings.config) is None:
         return EXIT_INVALID
 
     configure_logging(settings.log_level, settings.log_format)
@@ -142,10 +146,8 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     from app.auth import mint_dev_token
 
     path = Path(args.config) if args.config else _settings().config
-    try:
-        config = load_policy_file(path)
-    except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+    config = _load_or_report(path)
+    if config is None:
         return EXIT_INVALID
     if args.ttl <= 0:
         return _fail("--ttl must be positive")

@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
 from starlette.responses import Response
 
 from app.api.body import read_model
@@ -32,6 +33,16 @@ from app.runtime import ActivePolicy, Runtime
 router = APIRouter()
 
 _TOKEN_ERRORS = problem_responses(400, 401, 403, 413, 429, 502, 503, 504, 500)
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a JSON body the route reads itself (strictly, see app.api.body)."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -76,12 +87,7 @@ async def _session_user(request: Request, active: ActivePolicy) -> Any:
     summary="Mint an embed token for the signed-in user",
     response_model=TokenResponse,
     responses=_TOKEN_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": TokenRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(TokenRequest),
 )
 async def create_token(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
@@ -147,12 +153,7 @@ def _service_for(request: Request, active: ActivePolicy) -> tuple[str, ServiceCo
     summary="Mint an embed token on behalf of a user (internal services)",
     response_model=TokenResponse,
     responses=_TOKEN_ERRORS,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": InternalTokenRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=json_body(InternalTokenRequest),
 )
 async def create_token_for_service(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
