@@ -193,12 +193,14 @@ class Policy:
     def plan(self, user: User, tenant: str, rule: EmbedRule) -> TokenPlan:
         """Render the vendor request for this user. Raises MissingClaim."""
         base, role_bodies = rule.bodies[tenant]
-        tree = base
-        for role, additions in role_bodies:
-            if role in user.roles:
-                tree = deep_merge(tree, additions)
+        resolve = _user_resolver(user)
         try:
-            body = render(tree, _user_resolver(user))
+            # User values first, then the merge: a role adding ["analyst"] to a list
+            # that comes from {user.roles} joins the user's roles instead of replacing them.
+            body = render(base, resolve)
+            for role, additions in role_bodies:
+                if role in user.roles:
+                    body = deep_merge(body, render(additions, resolve))
         except Missing as exc:
             raise MissingClaim(f"the session has no {_claim_name(exc.reference)} claim") from None
         except TypeError as exc:

@@ -349,18 +349,32 @@ def _allowed_tenants(
             )
 
 
-def _role_additions(policy: PolicyConfig, provider_name: str) -> Any | None:
-    """Every role's additions for this provider merged (the widest body a user can get)."""
-    merged: Any = {}
-    for additions in policy.roles.values():
+def _role_additions(policy: PolicyConfig, provider_name: str) -> list[tuple[str, Any]] | None:
+    """(role, compiled additions) for this provider, in file order."""
+    found = []
+    for role, additions in policy.roles.items():
         body = additions.get(provider_name)
         if body is None:
             continue
         compiled, errors = compile_tree(body)
         if errors:
             return None
-        merged = deep_merge(merged, compiled)
-    return merged
+        found.append((role, compiled))
+    return found
+
+
+def _missing_attributes(
+    tree: Any, where: YamlPath, attributes: Mapping[str, Any]
+) -> list[tuple[YamlPath, Reference]]:
+    missing = []
+    for body_path, template in iter_templates(tree, where):
+        for ref in template.references:
+            if ref.root == "tenant" and ref.path[0] == "attributes":
+                try:
+                    lookup_path(attributes, ref.path[1:])
+                except KeyError:
+                    missing.append((body_path, ref))
+    return missing
 
 
 def _check_rendered(
@@ -368,34 +382,33 @@ def _check_rendered(
     name: str,
     embed: EmbedConfig,
     compiled: Any,
-    role_additions: Any,
+    role_additions: list[tuple[str, Any]],
     tenant_ids: list[str],
     factory: Any,
 ) -> Iterable[ConfigIssue]:
     request_path = ("embeds", name, "request")
     for tenant_id in tenant_ids:
         tenant = policy.tenants[tenant_id]
-        missing: list[tuple[YamlPath, Reference]] = []
-        for body_path, template in iter_templates(compiled, request_path):
-            for ref in template.references:
-                if ref.root == "tenant" and ref.path[0] == "attributes":
-                    try:
-                        lookup_path(tenant.attributes, ref.path[1:])
-                    except KeyError:
-                        missing.append((body_path, ref))
+        missing = _missing_attributes(compiled, request_path, tenant.attributes)
+        for role, additions in role_additions:
+            missing += _missing_attributes(
+                additions, ("roles", role, embed.provider), tenant.attributes
+            )
         for body_path, ref in missing:
             yield ConfigIssue(
                 format_path(body_path),
-                f"{ref} is not defined for tenant {tenant_id!r} (tenants.{tenant_id}.attributes)",
+                f"{ref} is not defined for tenant {tenant_id!r} (tenants.{tenant_id}.attributes), "
+                f"which embed {name!r} allows",
             )
         if missing:
             continue
-        for label, tree in (
-            ("", compiled),
-            (" with every role's additions", deep_merge(compiled, role_additions)),
+        every_role = [additions for _, additions in role_additions]
+        for label, trees in (
+            ("", [compiled]),
+            (" with every role's additions", [compiled, *every_role]),
         ):
             problem = _render_and_validate(
-                tree, tenant_id, tenant.region, tenant.attributes, name, factory
+                trees, tenant_id, tenant.region, tenant.attributes, name, factory
             )
             if problem:
                 yield ConfigIssue(
@@ -407,13 +420,15 @@ def _check_rendered(
 
 
 def _render_and_validate(
-    tree: Any,
+    trees: list[Any],
     tenant_id: str,
     region: str,
     attributes: Mapping[str, Any],
     embed_name: str,
     factory: Any,
 ) -> str | None:
+    """Render the request and role additions (merged after rendering, as at request
+    time) with placeholder user values and validate the body against the vendor model."""
     first_problem: str | None = None
     # A claim's JSON type is unknown at load: accept the body if it validates with the
     # claim as a string or as a list of strings.
@@ -436,9 +451,11 @@ def _render_and_validate(
             return embed_name
 
         try:
-            body = render(tree, resolve)
+            body = render(trees[0], resolve)
+            for additions in trees[1:]:
+                body = deep_merge(body, render(additions, resolve))
             factory.validate_request(body)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, Missing) as exc:
             first_problem = first_problem or str(exc)
             continue
         return None

@@ -32,6 +32,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             },
         },
     }
+    document["embeds"]["roles-embed"] = {
+        "provider": "embeddable",
+        "allow": {"tenants": ["*"]},
+        "request": {"embeddableId": "roles-embed-id", "user": "{user.id}", "roles": "{user.roles}"},
+    }
     with running_stack(tmp_path_factory.mktemp("tokens"), document) as running:
         yield running
 
@@ -157,6 +162,22 @@ def test_role_additions_reach_embeddable_roles_only_for_that_role(stack: Stack) 
     assert "roles" not in calls[viewer]
 
 
+def test_role_additions_join_lists_that_come_from_the_user(stack: Stack) -> None:
+    user = unique_user()
+    assert (
+        stack.token(
+            "roles-embed", session_token(user, "acme", ("viewer", "analyst", "auditor"))
+        ).status_code
+        == 200
+    )
+    (call,) = stack.vendor_requests()
+    assert call["body"]["roles"] == [
+        "viewer",
+        "analyst",
+        "auditor",
+    ]  # analyst adds "analyst": no repeat
+
+
 def test_repeat_requests_are_served_from_the_cache(stack: Stack) -> None:
     token = session_token(unique_user(), "acme", ("viewer",))
     first = stack.token("sales-overview", token).json()
@@ -254,6 +275,7 @@ def test_list_embeds(stack: Stack) -> None:
             {"name": "sales-overview", "title": "Sales overview", "provider": "embeddable"},
             {"name": "ops-dashboard", "title": None, "provider": "databrain"},
             {"name": "claims-embed", "title": None, "provider": "embeddable"},
+            {"name": "roles-embed", "title": None, "provider": "embeddable"},
         ],
     }
     viewer = stack.client.get(
@@ -261,7 +283,11 @@ def test_list_embeds(stack: Stack) -> None:
         params={"tenant": "globex"},
         headers=bearer(session_token("b", ["acme", "globex"], ("viewer",))),
     )
-    assert [e["name"] for e in viewer.json()["embeds"]] == ["sales-overview", "claims-embed"]
+    assert [e["name"] for e in viewer.json()["embeds"]] == [
+        "sales-overview",
+        "claims-embed",
+        "roles-embed",
+    ]
     problem(
         stack.client.get(
             f"{stack.broker}/v1/embeds",

@@ -442,3 +442,17 @@ def test_vendor_urls_need_https_off_loopback(url: str, accepted: bool) -> None:
         found = problems(document)
         assert any(p.startswith("providers.databrain.base_url") and "cleartext" in p for p in found)
         assert any(p.startswith("providers.embeddable.regions.eu.base_url") for p in found)
+
+
+def test_role_additions_need_the_attributes_of_every_allowed_tenant() -> None:
+    document = base_policy()
+    document["roles"]["analyst"]["embeddable"]["securityContext"] = {
+        "x": "{tenant.attributes.nope}"
+    }
+    found = problems(document)
+    assert any(
+        p.startswith(
+            "roles.analyst.embeddable.securityContext.x: {tenant.attributes.nope} is not defined"
+        )
+        for p in found
+    ), found
