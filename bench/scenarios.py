@@ -1,0 +1,660 @@
+"""The seven scenarios of performance.md, each returning a :class:`ScenarioResult`.
+
+Throughput numbers are successful answers per second (wrk counts 4xx/5xx separately);
+a broker run with any error answer or socket error fails its scenario, whatever its
+speed. Count-based checks (S4, S7) read what the sandbox vendor received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+
+from bench import rawhttp, wrk
+from bench.harness import (
+    EMBED,
+    SESSION_BODY,
+    TENANT,
+    Bench,
+    BrokerCounts,
+    Contender,
+    median,
+)
+from bench.procs import LOOPBACK, Child, HarnessError, wait_for_status
+
+MB = 1024 * 1024
+S3_VENDOR_LATENCY_MS = 50
+S4_VENDOR_LATENCY_MS = 200
+
+
+@dataclass
+class Row:
+    """One line of the RESULTS.md table."""
+
+    scenario: str
+    broker: str
+    reference: str
+    ratio: str
+    target: str
+    passed: bool | None
+    """None: could not be measured."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "broker": self.broker,
+            "reference": self.reference,
+            "ratio": self.ratio,
+            "target": self.target,
+            "passed": self.passed,
+        }
+
+
+@dataclass
+class ScenarioResult:
+    id: str
+    title: str
+    rows: list[Row]
+    details: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        if self.error is not None or any(row.passed is None for row in self.rows):
+            return "error"
+        if self.problems or not all(row.passed for row in self.rows):
+            return "fail"
+        return "pass"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "status": self.status,
+            "rows": [row.as_dict() for row in self.rows],
+            "problems": self.problems,
+            "error": self.error,
+            "seconds": round(self.seconds, 1),
+            **self.details,
+        }
+
+
+def _rps(value: float) -> str:
+    return f"{value:,.0f} req/s"
+
+
+def _run_problems(name: str, runs: list[wrk.WrkResult]) -> list[str]:
+    problems = []
+    errors = sum(run.error_count for run in runs)
+    if errors:
+        kinds = Counter[str]()
+        for run in runs:
+            kinds.update({k: v for k, v in run.errors.items() if v})
+        problems.append(f"{name} runs had {errors:,} errors ({dict(kinds)})")
+    return problems
+
+
+def _throughput_vs(
+    bench: Bench, first: Contender, second: Contender, warmup: Callable[[Contender], None]
+) -> tuple[list[wrk.WrkResult], list[wrk.WrkResult], float, float, float]:
+    a_runs, b_runs = bench.alternate(first, second, warmup)
+    a = median(run.rps for run in a_runs)
+    b = median(run.rps for run in b_runs)
+    return a_runs, b_runs, a, b, (a / b if b else 0.0)
+
+
+# --- S1 -------------------------------------------------------------------------------
+
+
+def s1_cache_hit(bench: Bench) -> ScenarioResult:
+    target = "≥ 0.8 x floor"
+    connections = 32
+    broker, floor = bench.restart_main_broker(), bench.floor()
+    session = bench.session("s1-user")
+    bench.expect_token(broker.url, session, "S1 warm-up (fills the token cache)")
+    bench.expect_token(floor.url, session, "S1 floor check")
+    systems = {"broker": broker, "floor": floor}
+    before = bench.counts(broker)
+
+    def timed(name: str) -> Callable[[], wrk.WrkResult]:
+        return lambda: bench.static_run(systems[name], session, connections)
+
+    def warmup(contender: Contender) -> None:
+        wrk.run(
+            bench.wrk,
+            f"{systems[contender.name].url}/v1/tokens",
+            "post_static.lua",
+            [SESSION_BODY],
+            connections=connections,
+            duration_s=bench.profile.warmup_s,
+            headers=[f"Authorization: Bearer {session}"],
+        )
+
+    broker_runs, floor_runs, broker_rps, floor_rps, ratio = _throughput_vs(
+        bench, Contender("broker", timed("broker")), Contender("floor", timed("floor")), warmup
+    )
+    during = bench.counts(broker).minus(before)
+    problems = _run_problems("broker", broker_runs)
+    if during.tokens_by_cache.get("miss", 0) or during.tokens_by_cache.get("coalesced", 0):
+        problems.append(f"S1 is meant to be all cache hits, but the broker saw {during.as_dict()}")
+    row = Row(
+        f"S1 cache hit ({connections} conns)",
+        _rps(broker_rps),
+        f"floor {_rps(floor_rps)}",
+        f"{ratio:.2f}",
+        target,
+        ratio >= 0.8,
+    )
+    return ScenarioResult(
+        "S1",
+        "cache hit: one user, one embed, warm cache",
+        [row],
+        details={
+            "connections": connections,
+            "broker_rps": round(broker_rps, 1),
+            "reference": "floor",
+            "reference_rps": round(floor_rps, 1),
+            "ratio": round(ratio, 3),
+            "broker_counts": during.as_dict(),
+            "runs": {
+                "broker": [r.as_dict() for r in broker_runs],
+                "floor": [r.as_dict() for r in floor_runs],
+            },
+        },
+        problems=problems,
+    )
+
+
+# --- S2 -------------------------------------------------------------------------------
+
+
+def _session_post(child: Child, session: str) -> bytes:
+    return rawhttp.build_post(
+        f"{LOOPBACK}:{child.port}",
+        "/v1/tokens",
+        SESSION_BODY.encode(),
+        {"Authorization": f"Bearer {session}", "Content-Type": "application/json"},
+    )
+
+
+def s2_cold_sessions(bench: Bench) -> ScenarioResult:
+    target = "≥ 0.5 x floor"
+    connections = 32
+    sessions = bench.profile.s2_sessions
+    pairs = bench.profile.pairs
+    broker, floor = bench.restart_main_broker(), bench.floor()
+    # Set 0 warms the token cache; set 1 is for the warm-up runs; sets 2.. one per timed
+    # broker run, so every run starts with sessions the broker has never verified.
+    bench.log(f"    signing {(pairs + 2) * sessions:,} RS256 session JWTs")
+    sets = [bench.sessions("s2-user-", sessions) for _ in range(pairs + 2)]
+    files = [bench.token_file(f"s2-set{n}", tokens) for n, tokens in enumerate(sets)]
+    assert broker.port is not None
+    answers = asyncio.run(
+        rawhttp.post_all(
+            LOOPBACK, broker.port, [_session_post(broker, token) for token in sets[0]], 32
+        )
+    )
+    statuses = Counter(answer.status for answer in answers)
+    if statuses != Counter({200: sessions}):
+        raise HarnessError(f"S2 token-cache warm-up answered {dict(statuses)}")
+    systems = {"broker": broker, "floor": floor}
+    next_set = {"broker": 2, "floor": 2}
+    per_run_counts: list[dict[str, Any]] = []
+
+    def timed(name: str) -> Callable[[], wrk.WrkResult]:
+        def run() -> wrk.WrkResult:
+            tokens = files[next_set[name]]
+            next_set[name] += 1
+            if name != "broker":
+                return bench.rotating_run(systems[name], tokens, connections)
+            before = bench.counts(broker)
+            result = bench.rotating_run(broker, tokens, connections)
+            per_run_counts.append(bench.counts(broker).minus(before).as_dict())
+            return result
+
+        return run
+
+    def warmup(contender: Contender) -> None:
+        bench.rotating_run(
+            systems[contender.name], files[1], connections, duration_s=bench.profile.warmup_s
+        )
+
+    broker_runs, floor_runs, broker_rps, floor_rps, ratio = _throughput_vs(
+        bench, Contender("broker", timed("broker")), Contender("floor", timed("floor")), warmup
+    )
+    problems = _run_problems("broker", broker_runs)
+    for counts in per_run_counts:
+        if counts["tokens_by_cache"].get("miss", 0):
+            problems.append(f"S2 needs a warm token cache, but a run saw {counts}")
+            break
+    row = Row(
+        f"S2 cold sessions ({sessions:,} RS256 JWTs, {connections} conns)",
+        _rps(broker_rps),
+        f"floor {_rps(floor_rps)}",
+        f"{ratio:.2f}",
+        target,
+        ratio >= 0.5,
+    )
+    return ScenarioResult(
+        "S2",
+        "cold sessions: distinct RS256 session JWTs cycled, warm token cache",
+        [row],
+        details={
+            "connections": connections,
+            "sessions_per_run": sessions,
+            "broker_rps": round(broker_rps, 1),
+            "reference": "floor",
+            "reference_rps": round(floor_rps, 1),
+            "ratio": round(ratio, 3),
+            "broker_counts_per_run": per_run_counts,
+            "runs": {
+                "broker": [r.as_dict() for r in broker_runs],
+                "floor": [r.as_dict() for r in floor_runs],
+            },
+        },
+        problems=problems,
+    )
+
+
+# --- S3 -------------------------------------------------------------------------------
+
+
+def s3_cache_miss(bench: Bench) -> ScenarioResult:
+    latency_target = "p50 ≤ 3 ms, p99 ≤ 15 ms over the 50 ms vendor latency"
+    throughput_target = "≥ 2 x naive"
+    profile = bench.profile
+    phases = (64, 256)
+    # Enough users that no run can reach the end of the list: a connection makes at most
+    # one request per vendor round trip. The broker is restarted before each timed run
+    # (empty caches), so every run can use the same users.
+    longest = max(phases)
+    needed = math.ceil(longest * 1000 / S3_VENDOR_LATENCY_MS * math.ceil(profile.duration_s))
+    bench.log(f"    signing {needed + longest + profile.s3_warm_sessions:,} RS256 session JWTs")
+    run_file = bench.token_file("s3-run", bench.sessions("s3-user-", needed + longest))
+    warm_file = bench.token_file("s3-warm", bench.sessions("s3-warm-", profile.s3_warm_sessions))
+    naive = bench.naive()
+    check = bench.session("s3-check-user")
+    bench.expect_token(naive.url, check, "S3 naive broker check")
+    phase_results: dict[int, dict[str, Any]] = {}
+    problems: list[str] = []
+    bench.set_vendor_latency(S3_VENDOR_LATENCY_MS)
+    try:
+        for connections in phases:
+            bench.log(f"  S3 at {connections} connections")
+            per_run_counts: list[dict[str, Any]] = []
+
+            def restart_and_warm(connections: int = connections) -> None:
+                broker = bench.restart_main_broker()
+                if profile.warmup_s > 0:
+                    bench.rotating_run(broker, warm_file, connections, duration_s=profile.warmup_s)
+
+            def broker_run(
+                connections: int = connections, counts: list[dict[str, Any]] = per_run_counts
+            ) -> wrk.WrkResult:
+                broker = bench.main_broker()
+                before = bench.counts(broker)
+                result = bench.rotating_run(broker, run_file, connections)
+                counts.append(bench.counts(broker).minus(before).as_dict())
+                return result
+
+            def naive_run(connections: int = connections) -> wrk.WrkResult:
+                return bench.rotating_run(naive, run_file, connections)
+
+            def warmup(contender: Contender, connections: int = connections) -> None:
+                if contender.name == "naive":
+                    bench.rotating_run(naive, warm_file, connections, duration_s=profile.warmup_s)
+
+            broker_runs, naive_runs = bench.alternate(
+                Contender("broker", broker_run, prepare=restart_and_warm),
+                Contender("naive", naive_run),
+                warmup,
+            )
+            problems += _run_problems(f"broker ({connections} conns)", broker_runs)
+            if any(run.wrapped for run in broker_runs):
+                problems.append(
+                    f"S3 at {connections} conns ran out of new users (a session was reused)"
+                )
+            for counts in per_run_counts:
+                if counts["tokens_by_cache"].get("hit", 0):
+                    problems.append(f"S3 must be all cache misses, but a run saw {counts}")
+                    break
+            if not all(run.ok_requests for run in broker_runs):
+                problems.append(
+                    f"S3 at {connections} conns: a broker run had no successful answer at all"
+                )
+            phase_results[connections] = {
+                "broker_rps": median(r.rps for r in broker_runs),
+                "naive_rps": median(r.rps for r in naive_runs),
+                "broker_p50_ms": median(r.latency_ms("p50") for r in broker_runs),
+                "broker_p99_ms": median(r.latency_ms("p99") for r in broker_runs),
+                "naive_p50_ms": median(r.latency_ms("p50") for r in naive_runs),
+                "naive_p99_ms": median(r.latency_ms("p99") for r in naive_runs),
+                "naive_errors": sum(r.error_count for r in naive_runs),
+                "broker_counts_per_run": per_run_counts,
+                "runs": {
+                    "broker": [r.as_dict() for r in broker_runs],
+                    "naive": [r.as_dict() for r in naive_runs],
+                },
+            }
+    finally:
+        bench.clear_faults()
+    low, high = phase_results[64], phase_results[256]
+    p50_over = low["broker_p50_ms"] - S3_VENDOR_LATENCY_MS
+    p99_over = low["broker_p99_ms"] - S3_VENDOR_LATENCY_MS
+    if high["naive_rps"]:
+        ratio = high["broker_rps"] / high["naive_rps"]
+    else:  # the naive broker answered nothing successfully; any answer is infinitely more
+        ratio = math.inf if high["broker_rps"] else 0.0
+    naive_errors = f", {high['naive_errors']:,} errors" if high["naive_errors"] else ""
+    rows = [
+        Row(
+            "S3 cache miss: latency (64 conns, vendor +50 ms)",
+            f"p50 +{p50_over:.2f} ms, p99 +{p99_over:.2f} ms ({low['broker_rps']:,.0f} req/s)",
+            (
+                f"naive p50 +{low['naive_p50_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms, "
+                f"p99 +{low['naive_p99_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms"
+                if low["naive_rps"]
+                else "naive: no successful answer"
+            ),
+            "—",
+            latency_target,
+            low["broker_rps"] > 0 and p50_over <= 3 and p99_over <= 15,
+        ),
+        Row(
+            "S3 cache miss: throughput (256 conns)",
+            _rps(high["broker_rps"]),
+            f"naive {_rps(high['naive_rps'])}{naive_errors}",
+            f"{ratio:.2f}",
+            throughput_target,
+            high["broker_rps"] > 0 and ratio >= 2,
+        ),
+    ]
+    return ScenarioResult(
+        "S3",
+        "cache miss: every request a new user, vendor latency 50 ms",
+        rows,
+        details={
+            "vendor_latency_ms": S3_VENDOR_LATENCY_MS,
+            "broker_p50_over_vendor_ms": round(p50_over, 3),
+            "broker_p99_over_vendor_ms": round(p99_over, 3),
+            "throughput_ratio_256": round(ratio, 3) if math.isfinite(ratio) else None,
+            "phases": {
+                str(conns): {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
+                for conns, r in phase_results.items()
+            },
+        },
+        problems=problems,
+    )
+
+
+# --- S4 -------------------------------------------------------------------------------
+
+
+async def _herd(child: Child, session: str, count: int) -> tuple[Counter[int], set[str], float]:
+    assert child.port is not None
+    started = time.perf_counter()
+    answers = await rawhttp.burst(LOOPBACK, child.port, _session_post(child, session), count)
+    elapsed = time.perf_counter() - started
+    statuses = Counter(answer.status for answer in answers)
+    tokens = {orjson.loads(a.body)["token"] for a in answers if a.status == 200}
+    return statuses, tokens, elapsed
+
+
+def s4_thundering_herd(bench: Bench) -> ScenarioResult:
+    count = bench.profile.s4_requests
+    target = f"exactly 1 vendor call; {count} x 200"
+    broker = bench.restart_main_broker()
+    user = "s4-user"
+    session = bench.session(user)
+    bench.clear_vendor_requests()
+    before = bench.counts(broker)
+    bench.set_vendor_latency(S4_VENDOR_LATENCY_MS)
+    try:
+        statuses, tokens, elapsed = asyncio.run(_herd(broker, session, count))
+    finally:
+        bench.clear_faults()
+    during = bench.counts(broker).minus(before)
+    calls = bench.vendor_calls_for(user)
+    passed = calls == 1 and statuses == Counter({200: count}) and len(tokens) == 1
+    by_cache = during.tokens_by_cache
+    row = Row(
+        f"S4 thundering herd ({count} concurrent, cold, vendor +200 ms)",
+        f"{calls} vendor call; "
+        + ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
+        + f"; {len(tokens)} distinct token(s)",
+        f"{int(by_cache.get('coalesced', 0))} coalesced, {int(by_cache.get('hit', 0))} cache hits",
+        "—",
+        target,
+        passed,
+    )
+    return ScenarioResult(
+        "S4",
+        "thundering herd: concurrent identical requests, cold cache",
+        [row],
+        details={
+            "requests": count,
+            "vendor_calls": calls,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "distinct_tokens": len(tokens),
+            "seconds_to_open_and_answer_all": round(elapsed, 3),
+            "broker_counts": during.as_dict(),
+        },
+    )
+
+
+# --- S5 -------------------------------------------------------------------------------
+
+
+class _RssSampler:
+    """Samples a process's RSS in a background thread while a load runs."""
+
+    def __init__(self, child: Child, interval_s: float) -> None:
+        self.child = child
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+        self._started = time.perf_counter()
+
+    def __enter__(self) -> _RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                rss = self.child.rss_bytes()
+            except (OSError, HarnessError):
+                return
+            self.samples.append((round(time.perf_counter() - self._started, 1), rss))
+            self._stop.wait(self.interval_s)
+
+
+def s5_memory(bench: Bench) -> ScenarioResult:
+    profile = bench.profile
+    fill = profile.s5_fill
+    key = bench.policies.service_key
+    broker = bench.start_broker("broker-s5")
+    try:
+        bench.expect_token(broker.url, bench.session("s5-first-user"), "S5 first request")
+        rss_started = broker.rss_bytes()
+        bench.log(f"    filling the token cache with {fill:,} tokens")
+        fill_started = time.perf_counter()
+        fill_result = wrk.run_until_done(
+            bench.wrk,
+            broker.url,
+            "internal_new_users.lua",
+            [key, "s5-fill-", str(fill), TENANT, EMBED],
+            connections=32,
+            threads=profile.threads,
+            max_duration_s=max(120.0, fill / 100),
+        )
+        fill_seconds = time.perf_counter() - fill_started
+        if fill_result.error_count:
+            raise HarnessError(f"S5 fill had errors: {fill_result.errors}")
+        deadline = time.perf_counter() + 15
+        while True:
+            issued = bench.counts(broker).tokens_by_cache.get("miss", 0)
+            if issued >= fill + 1 or time.perf_counter() > deadline:
+                break
+            time.sleep(0.2)
+        if issued < fill + 1:
+            raise HarnessError(
+                f"S5 fill: the broker minted {issued - 1:.0f} tokens for new users, not {fill:,}"
+            )
+        rss_filled = broker.rss_bytes()
+
+        soak_sessions = bench.token_file("s5-soak", bench.sessions("s5-session-", 1_000))
+        bench.log(f"    soak: {profile.s5_soak_s:.0f} s of steady mixed load")
+        with _RssSampler(broker, max(1.0, profile.s5_soak_s / 60)) as sampler:
+            soak = wrk.run(
+                bench.wrk,
+                broker.url,
+                "soak_mixed.lua",
+                [str(soak_sessions), SESSION_BODY, key, "s5-soak-", TENANT, EMBED],
+                connections=16,
+                duration_s=profile.s5_soak_s,
+                threads=profile.threads,
+            )
+        rss_end = broker.rss_bytes()
+        soak_counts = bench.counts(broker)
+    finally:
+        bench.supervisor.stop(broker)
+    growth = (rss_end - rss_filled) / rss_filled
+    peak = max((rss for _, rss in sampler.samples), default=rss_end)
+    problems = _run_problems("soak", [soak])
+    filled_ok = rss_filled <= 250 * MB
+    growth_ok = growth <= 0.10
+    row = Row(
+        f"S5 memory ({fill:,} cached tokens; {profile.s5_soak_s:.0f} s soak)",
+        f"RSS {rss_filled / MB:.0f} MB filled (from {rss_started / MB:.0f} MB); "
+        f"soak {growth * 100:+.1f} % (peak {peak / MB:.0f} MB)",
+        "—",
+        "—",
+        "RSS ≤ 250 MB; soak growth ≤ 10 %",
+        filled_ok and growth_ok,
+    )
+    return ScenarioResult(
+        "S5",
+        "memory: distinct tokens cached, then a soak at steady load",
+        [row],
+        details={
+            "tokens_filled": fill,
+            "tokens_minted_by_fill": int(issued) - 1,
+            "fill_seconds": round(fill_seconds, 1),
+            "rss_mb": {
+                "started": round(rss_started / MB, 1),
+                "filled": round(rss_filled / MB, 1),
+                "after_soak": round(rss_end / MB, 1),
+                "soak_peak": round(peak / MB, 1),
+            },
+            "soak_growth_percent": round(growth * 100, 2),
+            "soak_seconds": profile.s5_soak_s,
+            "soak": soak.as_dict(),
+            "soak_rss_samples_mb": [(t, round(rss / MB, 1)) for t, rss in sampler.samples],
+            "broker_counts_total": soak_counts.as_dict(),
+        },
+        problems=problems,
+    )
+
+
+# --- S6 -------------------------------------------------------------------------------
+
+
+def s6_startup(bench: Bench) -> ScenarioResult:
+    starts = bench.profile.s6_starts
+    seconds: list[float] = []
+    for attempt in range(starts):
+        child = bench.spawn_broker(f"broker-s6-{attempt + 1}", bench.policies.startup)
+        try:
+            seconds.append(wait_for_status(child, "/readyz", timeout=30, interval=0.005))
+        finally:
+            bench.supervisor.stop(child)
+    typical = median(seconds)
+    row = Row(
+        "S6 start-up (`serve` → first 200 from /readyz, HS issuer)",
+        f"{typical:.2f} s median of {starts} (max {max(seconds):.2f} s)",
+        "—",
+        "—",
+        "≤ 2 s",
+        typical <= 2.0,
+    )
+    return ScenarioResult(
+        "S6",
+        "start-up: token-broker serve to the first 200 from /readyz",
+        [row],
+        details={"seconds": [round(s, 3) for s in seconds], "median_seconds": round(typical, 3)},
+    )
+
+
+# --- S7 -------------------------------------------------------------------------------
+
+
+def s7_repeat_loads(bench: Bench) -> ScenarioResult:
+    count = bench.profile.s7_requests
+    broker = bench.restart_main_broker()
+    user = "s7-user"
+    session = bench.session(user)
+    bench.clear_vendor_requests()
+    before = bench.counts(broker)
+    statuses: Counter[int] = Counter()
+    tokens: set[str] = set()
+    headers = {"Authorization": f"Bearer {session}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=broker.url, timeout=30.0) as client:
+        for _ in range(count):
+            response = client.post("/v1/tokens", content=SESSION_BODY, headers=headers)
+            statuses[response.status_code] += 1
+            if response.status_code == 200:
+                tokens.add(response.json()["token"])
+    during = bench.counts(broker).minus(before)
+    calls = bench.vendor_calls_for(user)
+    passed = calls == 1 and statuses == Counter({200: count}) and len(tokens) == 1
+    row = Row(
+        f"S7 repeat page loads ({count:,} sequential, same user and embed)",
+        f"{calls} vendor call; "
+        + ", ".join(f"{n:,} x {status}" for status, n in sorted(statuses.items())),
+        f"{int(during.tokens_by_cache.get('hit', 0)):,} cache hits",
+        "—",
+        "exactly 1 vendor call",
+        passed,
+    )
+    return ScenarioResult(
+        "S7",
+        "repeat page loads within one token lifetime",
+        [row],
+        details={
+            "requests": count,
+            "vendor_calls": calls,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "distinct_tokens": len(tokens),
+            "broker_counts": during.as_dict(),
+        },
+    )
+
+
+SCENARIOS: dict[str, tuple[str, Callable[[Bench], ScenarioResult]]] = {
+    "S1": ("cache hit vs framework floor", s1_cache_hit),
+    "S2": ("cold sessions vs framework floor", s2_cold_sessions),
+    "S3": ("cache miss: latency and throughput vs naive broker", s3_cache_miss),
+    "S4": ("thundering herd", s4_thundering_herd),
+    "S5": ("memory and soak", s5_memory),
+    "S6": ("start-up", s6_startup),
+    "S7": ("repeat page loads", s7_repeat_loads),
+}
+
+__all__ = ["SCENARIOS", "BrokerCounts", "Row", "ScenarioResult"]
