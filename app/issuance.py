@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from app.config.models import CacheConfig, ServiceConfig
 from app.errors import BrokerError, InternalError, RateLimited
+from app.observability.logging import info_event
 from app.observability.metrics import Metrics
 from app.policy import EmbedRule, Policy, TokenPlan, User
 from app.providers.base import BaseProvider, Element
@@ -31,6 +33,7 @@ audit_log = logging.getLogger("token_broker.audit")
 log = logging.getLogger("token_broker.issuance")
 
 CacheState = Literal["hit", "miss", "coalesced", "none"]
+PLAN_MEMO_ENTRIES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ class TokenFlow:
         self._metrics = metrics
         self._clock = clock
         self._flights: SingleFlight[Obtained] = SingleFlight()
+        self._plans: OrderedDict[tuple[int, int, str, str], tuple[Policy, User, TokenPlan, str]]
+        self._plans = OrderedDict()
 
     async def issue(
         self,
@@ -115,7 +120,9 @@ class TokenFlow:
             audit["tenant"] = chosen
             rule = policy.authorize(user, chosen, embed, service)
             audit["provider"] = rule.provider
-            plan = policy.plan(user, chosen, rule)
+            plan, cache_key = self._plan(
+                policy, providers, user, chosen, rule, memo=service is None
+            )
             audit["region"] = plan.region
             decision = await limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
             if not decision.allowed:
@@ -125,7 +132,9 @@ class TokenFlow:
                     headers=rate_limit_headers(decision),
                 )
             provider = providers[rule.provider]
-            obtained, cache_state = await self._obtain(plan, provider, policy.config.cache)
+            obtained, cache_state = await self._obtain(
+                plan, provider, cache_key, policy.config.cache
+            )
             audit["cache"] = cache_state
             audit["vendor_status"] = obtained.vendor_status
             element = provider.element(rule.element, plan.region)
@@ -148,16 +157,46 @@ class TokenFlow:
             rate=decision,
         )
 
-    async def _obtain(
-        self, plan: TokenPlan, provider: BaseProvider, cache_config: CacheConfig
-    ) -> tuple[Obtained, CacheState]:
-        rule = plan.embed
+    def _plan(
+        self,
+        policy: Policy,
+        providers: Mapping[str, BaseProvider],
+        user: User,
+        tenant: str,
+        rule: EmbedRule,
+        *,
+        memo: bool,
+    ) -> tuple[TokenPlan, str]:
+        """The rendered vendor request and its cache key.
+
+        A session user object comes from the verified-session cache, so a busy user's
+        repeat requests reuse it; the memo holds the objects it was computed from and
+        compares them by identity, so it can never answer for another user or policy.
+        """
+        memo_key = (id(policy), id(user), tenant, rule.name)
+        if memo:
+            hit = self._plans.get(memo_key)
+            if hit is not None and hit[0] is policy and hit[1] is user:
+                self._plans.move_to_end(memo_key)
+                return hit[2], hit[3]
+        plan = policy.plan(user, tenant, rule)
+        provider = providers[rule.provider]
         key = token_cache_key(
             f"{rule.provider}@{provider.account_fingerprint(plan.region)}",
             plan.region,
             plan.body,
             ttl_seconds=rule.ttl_seconds,
         )
+        if memo:
+            self._plans[memo_key] = (policy, user, plan, key)
+            if len(self._plans) > PLAN_MEMO_ENTRIES:
+                self._plans.popitem(last=False)
+        return plan, key
+
+    async def _obtain(
+        self, plan: TokenPlan, provider: BaseProvider, key: str, cache_config: CacheConfig
+    ) -> tuple[Obtained, CacheState]:
+        rule = plan.embed
         if cache_config.enabled:
             cached = await self._cache.get(key)
             if (
@@ -187,7 +226,7 @@ class TokenFlow:
     def _record(self, event: str, outcome: str, audit: dict[str, Any], started: float) -> None:
         audit["outcome"] = outcome
         audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        audit_log.info(event, extra=audit)
+        info_event(audit_log, event, audit)
         provider = audit["provider"] or "-"
         embed = audit["embed"] if audit["provider"] else "-"  # unknown names stay unbounded
-        self._metrics.tokens_total.labels(provider, embed, outcome, audit["cache"]).inc()
+        self._metrics.token_counter(provider, embed, outcome, audit["cache"]).inc()

@@ -16,6 +16,7 @@ from app.api.cors import DynamicCORSMiddleware
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_exception_handlers
 from app.config.loader import load_policy_file
+from app.observability.logging import logging_off_the_loop
 from app.observability.metrics import Metrics
 from app.reload import PolicyReloader
 from app.runtime import Runtime, vendor_http_client
@@ -44,16 +45,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         config = await asyncio.to_thread(load_policy_file, settings.config)
         metrics = Metrics.create()
-        async with vendor_http_client() as http:
-            runtime = await Runtime.start(settings, config, http, metrics)
-            reloader = PolicyReloader(runtime, settings.config, settings.reload_interval_seconds)
-            try:
-                await reloader.start()
-                log.info("broker.started", extra={"config": str(settings.config)})
-                yield {"runtime": runtime, "metrics": metrics}
-            finally:
-                await reloader.aclose()
-                await runtime.aclose()
+        with logging_off_the_loop():
+            async with vendor_http_client() as http:
+                runtime = await Runtime.start(settings, config, http, metrics)
+                reloader = PolicyReloader(
+                    runtime, settings.config, settings.reload_interval_seconds
+                )
+                try:
+                    await reloader.start()
+                    log.info("broker.started", extra={"config": str(settings.config)})
+                    yield {"runtime": runtime, "metrics": metrics}
+                finally:
+                    await reloader.aclose()
+                    await runtime.aclose()
         log.info("broker.stopped")
 
     app = FastAPI(

@@ -3,6 +3,7 @@ unknown fields rejected. Errors name fields, never echo values."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -60,5 +61,19 @@ def validate(model: type[ModelT], data: Any) -> ModelT:
         ) from None
 
 
+MEMO_MAX_BODY_BYTES = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_small_body(model: type[BaseModel], raw: bytes) -> BaseModel:
+    # Front ends send the same few small bodies ({"embed": ...}) over and over; the
+    # result is a pure function of the bytes and the models are frozen. Errors are
+    # raised, hence never cached.
+    return validate(model, parse_json(raw))
+
+
 async def read_model(request: Request, model: type[ModelT]) -> ModelT:
-    return validate(model, parse_json(await read_body(request)))
+    raw = await read_body(request)
+    if len(raw) <= MEMO_MAX_BODY_BYTES:
+        return _parsed_small_body(model, raw)  # type: ignore[return-value]
+    return validate(model, parse_json(raw))

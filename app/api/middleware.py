@@ -9,9 +9,9 @@ request in the HTTP metrics, and turns any exception that escaped the app into a
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
-import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,7 +39,8 @@ def _request_id(scope: Scope) -> str:
             if _SANE_REQUEST_ID.match(value):
                 return bytes(value).decode("ascii")
             break
-    return uuid.uuid4().hex
+    # Unique, not secret: it is echoed to clients and logged, and guards nothing.
+    return f"{random.getrandbits(128):032x}"
 
 
 def route_label(scope: Scope) -> str:
@@ -97,10 +98,9 @@ class RequestContextMiddleware:
             # The lifespan state (copied into each request's scope) holds the metrics.
             metrics: Metrics | None = scope["state"].get("metrics")
             if metrics is not None:
-                route = route_label(scope)
-                method = scope["method"]
-                metrics.http_requests_total.labels(route, method, str(status)).inc()
-                metrics.http_request_duration_seconds.labels(route, method).observe(
-                    time.perf_counter() - begin
+                counter, histogram = metrics.http_children(
+                    route_label(scope), scope["method"], status
                 )
+                counter.inc()
+                histogram.observe(time.perf_counter() - begin)
             request_id_var.reset(context_token)

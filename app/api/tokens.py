@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import math
@@ -10,12 +11,13 @@ import time
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
 from app.api.body import read_model
 from app.api.problems import NO_STORE_HEADERS
+from app.api.routing import LeanRoute
 from app.api.schemas import (
     EmbedsResponse,
     InternalTokenRequest,
@@ -25,12 +27,12 @@ from app.api.schemas import (
 )
 from app.auth import extract_session_token
 from app.config.models import ServiceConfig
-from app.errors import InvalidServiceKey
+from app.errors import InvalidRequest, InvalidServiceKey
 from app.issuance import Grant, rate_limit_headers
 from app.policy import ServiceUser
 from app.runtime import ActivePolicy, Runtime
 
-router = APIRouter()
+router = APIRouter(route_class=LeanRoute)
 
 _TOKEN_ERRORS = problem_responses(400, 401, 403, 413, 429, 502, 503, 504, 500)
 
@@ -53,8 +55,9 @@ def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Respon
     )
 
 
-def _rfc3339(timestamp: float) -> str:
-    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@functools.lru_cache(maxsize=8192)
+def _rfc3339(whole_seconds: int) -> str:
+    return dt.datetime.fromtimestamp(whole_seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _token_response(grant: Grant) -> Response:
@@ -64,7 +67,7 @@ def _token_response(grant: Grant) -> Response:
         "provider": grant.rule.provider_type,
         "embed": grant.rule.name,
         "tenant": grant.tenant,
-        "expires_at": _rfc3339(grant.expires_at),
+        "expires_at": _rfc3339(int(grant.expires_at)),
         "expires_in": expires_in,
         "element": {"tag": grant.element.tag, "attributes": dict(grant.element.attributes)},
     }
@@ -112,14 +115,26 @@ async def create_token(request: Request) -> Response:
     summary="List the embeds the signed-in user may request",
     response_model=EmbedsResponse,
     responses=problem_responses(400, 401, 403, 500),
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "tenant",
+                "in": "query",
+                "required": False,
+                "description": "which of the session's tenants (needed for multi-tenant users)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            }
+        ]
+    },
 )
-async def list_embeds(
-    request: Request,
-    tenant: str | None = Query(default=None, min_length=1, max_length=128),
-) -> Response:
+async def list_embeds(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
     user = await _session_user(request, active)
+    tenants = request.query_params.getlist("tenant")
+    if len(tenants) > 1 or (tenants and not 1 <= len(tenants[0]) <= 128):
+        raise InvalidRequest("tenant must be given once, 1 to 128 characters")
+    tenant = tenants[0] if tenants else None
     chosen = active.policy.resolve_tenant(user, tenant)
     embeds = [
         {"name": rule.name, "title": rule.title, "provider": rule.provider_type}

@@ -234,6 +234,7 @@ class SessionVerifier:
         self._leeway = float(config.leeway_seconds)
         self._max_token_bytes = config.max_token_bytes
         self._metrics = metrics
+        self._cache_counters: dict[str, Any] = {}
         self._wall_clock = wall_clock
         self._cache = SessionCache(cache_entries, wall_clock)
 
@@ -377,8 +378,13 @@ class SessionVerifier:
         return str(value)
 
     def _count_cache(self, result: str) -> None:
-        if self._metrics is not None:
-            self._metrics.session_cache_total.labels(result=result).inc()
+        counter = self._cache_counters.get(result)
+        if counter is None and self._metrics is not None:
+            counter = self._cache_counters[result] = self._metrics.session_cache_total.labels(
+                result=result
+            )
+        if counter is not None:
+            counter.inc()
 
 
 def _checked_header(header: Mapping[str, Any]) -> str:

@@ -12,8 +12,8 @@ codes, outcome codes. Never a user id, a tenant id from a request, or a secret.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -27,7 +27,7 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
     http_requests_total: Counter
@@ -42,6 +42,29 @@ class Metrics:
     redis_available: Gauge
     redis_errors_total: Counter
     session_cache_total: Counter
+    # Label lookups cost microseconds on the hot path; children are reused. Label
+    # values are bounded (routes, methods, statuses, config names, codes).
+    _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
+    _token_children: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
+
+    def http_children(self, route: str, method: str, status: int) -> tuple[Any, Any]:
+        """The labelled HTTP counter and histogram (looked up once per label set)."""
+        key = (route, method, status)
+        found = self._http_children.get(key)
+        if found is None:
+            found = (
+                self.http_requests_total.labels(route, method, str(status)),
+                self.http_request_duration_seconds.labels(route, method),
+            )
+            self._http_children[key] = found
+        return found
+
+    def token_counter(self, provider: str, embed: str, outcome: str, cache: str) -> Any:
+        key = (provider, embed, outcome, cache)
+        found = self._token_children.get(key)
+        if found is None:
+            found = self._token_children[key] = self.tokens_total.labels(*key)
+        return found
 
     @classmethod
     def create(cls) -> Metrics:
