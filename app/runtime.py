@@ -28,6 +28,7 @@ from app.settings import Settings
 from app.state.cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from app.state.ratelimit import RateLimiter
 from app.state.redis import RedisHealth
+from app.transport import LeanTransport
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +50,8 @@ def vendor_http_client() -> httpx.AsyncClient:
     endpoint that redirects is misconfigured, and following could leak the API key.
     """
     return httpx.AsyncClient(
+        transport=LeanTransport(max_connections=512, keepalive_expiry=30.0),
         timeout=httpx.Timeout(5.0, connect=2.0),
-        limits=httpx.Limits(
-            max_connections=512, max_keepalive_connections=128, keepalive_expiry=30
-        ),
         follow_redirects=False,
         # Identity encoding: size caps on vendor and JWKS bodies then bound what is
         # actually held in memory (a small gzip body can inflate a thousandfold).
