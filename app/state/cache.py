@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -36,7 +36,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import SecretStr
 
-from app.state.redis import REDIS_ERRORS, RedisHealth
+if TYPE_CHECKING:
+    from app.state.redis import RedisHealth
 
 log = logging.getLogger("token_broker.cache")
 
@@ -223,7 +224,7 @@ class RedisTokenCache:
         redis_key = self.redis_key(key)
         try:
             raw = await self._redis.get(redis_key)
-        except REDIS_ERRORS as exc:
+        except self._health.errors as exc:
             self._health.report_failure("cache_get", exc)
             return None
         if not isinstance(raw, bytes):  # None: a miss (the client never decodes responses)
@@ -242,7 +243,7 @@ class RedisTokenCache:
         redis_key = self.redis_key(key)
         try:
             await self._redis.set(redis_key, self._encode(redis_key, token), px=ttl_ms)
-        except REDIS_ERRORS as exc:
+        except self._health.errors as exc:
             self._health.report_failure("cache_put", exc)
 
     def _encode(self, redis_key: str, token: CachedToken) -> bytes:

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from math import floor, inf
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage, SlidingWindowCounterSupport, Storage
@@ -40,7 +40,9 @@ from pydantic import SecretStr
 
 from app.config.models import LimitsConfig
 from app.observability.metrics import Metrics
-from app.state.redis import REDIS_ERRORS, RedisHealth
+
+if TYPE_CHECKING:
+    from app.state.redis import RedisHealth
 
 SCOPE_USER = "user"
 SCOPE_TENANT = "tenant"
@@ -258,7 +260,7 @@ class RateLimiter:
         if self._shared is not None and self._redis is not None and self._redis.available:
             try:
                 decision = await self._decide_shared(self._shared, rules, identifiers)
-            except REDIS_ERRORS as exc:
+            except self._redis.errors as exc:
                 self._redis.report_failure("rate_limit", exc)
         if decision is None:
             decision = self._decide_in_process(rules, identifiers)
