@@ -28,7 +28,7 @@ from app.settings import Settings
 from app.state.cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from app.state.ratelimit import RateLimiter
 from app.state.redis import RedisHealth
-from app.transport import LeanTransport
+from app.transport import LeanTransport, NoCookies
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +51,7 @@ def vendor_http_client() -> httpx.AsyncClient:
     """
     return httpx.AsyncClient(
         transport=LeanTransport(max_connections=512, keepalive_expiry=30.0),
+        cookies=NoCookies(),
         timeout=httpx.Timeout(5.0, connect=2.0),
         follow_redirects=False,
         # Identity encoding: size caps on vendor and JWKS bodies then bound what is

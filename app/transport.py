@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncIterator
+from http.cookiejar import CookieJar
 from typing import Any
 
 import httpcore
@@ -139,3 +140,17 @@ class LeanTransport(httpx.AsyncHTTPTransport):
             max_connections=max_connections,
             keepalive_expiry=keepalive_expiry,
         )
+
+
+class NoCookies(CookieJar):
+    """A jar that never keeps or sends a cookie.
+
+    Vendor token and JWKS calls are stateless; a cookie set by one vendor answer must
+    not ride along on the next call (possibly for another tenant).
+    """
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        return None
+
+    def add_cookie_header(self, request: Any) -> None:
+        return None

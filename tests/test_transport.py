@@ -20,6 +20,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.ports: list[int] = []
+        self.cookies: list[bytes | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
 
@@ -34,9 +35,9 @@ class Recorder:
             await asyncio.sleep(delay)
             close = dict(scope["headers"]).get(b"x-close") == b"1"
             status = 500 if scope["path"] == "/fail" else 200
-            headers = [(b"content-type", b"text/plain")] + (
-                [(b"connection", b"close")] if close else []
-            )
+            headers = [(b"content-type", b"text/plain"), (b"set-cookie", b"session=vendor; Path=/")]
+            headers += [(b"connection", b"close")] if close else []
+            self.cookies.append(dict(scope["headers"]).get(b"cookie"))
             await send({"type": "http.response.start", "status": status, "headers": headers})
             await send({"type": "http.response.body", "body": b"ok"})
         finally:
@@ -109,3 +110,13 @@ async def test_connect_errors_release_the_slot() -> None:
         for _ in range(3):
             with pytest.raises(httpx.ConnectError):
                 await client.get("http://127.0.0.1:9/")
+
+
+async def test_the_vendor_client_never_keeps_or_sends_cookies(server: tuple[str, Recorder]) -> None:
+    from app.runtime import vendor_http_client
+
+    url, recorder = server
+    async with vendor_http_client() as client:
+        for _ in range(3):
+            assert (await client.get(url)).status_code == 200
+    assert recorder.cookies == [None, None, None]
