@@ -248,3 +248,25 @@ def test_cors_and_security_headers(tmp_path: Path, sandbox: str) -> None:
                 f"{broker.url}/healthz", headers={"Origin": "https://app.example.com"}
             ).headers
         )
+
+
+def test_two_workers_serve_and_metrics_add_up_across_them(tmp_path: Path, sandbox: str) -> None:
+    path = write_policy(tmp_path, base_policy())
+    extra = {"BROKER_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    with broker_process(path, tmp_path, vendor_env(sandbox), extra_env=extra) as broker:
+        # New connections spread over both workers; each asks for a fresh token.
+        for index in range(12):
+            with httpx.Client() as client:
+                response = client.post(
+                    f"{broker.url}/v1/tokens",
+                    json={"embed": "sales-overview"},
+                    headers=bearer(session_token(f"worker-user-{index}", "acme", ("viewer",))),
+                )
+                assert response.status_code == 200, response.text
+        counted = metric(
+            broker,
+            'token_broker_tokens_total{cache="miss",embed="sales-overview",outcome="ok",provider="embeddable"}',
+        )
+        assert counted == 12  # whichever worker served /metrics, it reports both
+    assert broker.process.returncode == 0
