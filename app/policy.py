@@ -22,7 +22,6 @@ from app.config.models import EmbedConfig, PolicyConfig, ServiceConfig
 from app.config.templates import (
     Missing,
     Reference,
-    Template,
     compile_tree,
     deep_merge,
     lookup_path,
@@ -266,4 +265,4 @@ def _json_safe(value: Any, depth: int = 0) -> bool:
     return False
 
 
-__all__ = ["EmbedRule", "Policy", "ServiceUser", "Template", "TokenPlan", "User"]
+__all__ = ["EmbedRule", "Policy", "ServiceUser", "TokenPlan", "User"]

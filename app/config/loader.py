@@ -32,7 +32,6 @@ from app.config.models import (
 from app.config.templates import (
     Missing,
     Reference,
-    Template,
     compile_tree,
     deep_merge,
     iter_templates,
@@ -490,7 +489,6 @@ def _check_services(policy: PolicyConfig) -> Iterable[ConfigIssue]:
 __all__ = [
     "ConfigError",
     "ConfigIssue",
-    "Template",
     "format_path",
     "load_policy_document",
     "load_policy_file",

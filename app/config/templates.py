@@ -162,11 +162,9 @@ def compile_tree(
             except TemplateError as exc:
                 errors.append((where, str(exc)))
                 return value
-            return (
-                template.parts[0]
-                if template.is_literal and template.parts
-                else ("" if not template.parts else template)
-            )
+            if template.is_literal:  # "{{x}}" compiles to the text "{x}"
+                return "".join(part for part in template.parts if isinstance(part, str))
+            return template
         if isinstance(value, dict):
             return {key: walk(item, (*where, key)) for key, item in value.items()}
         if isinstance(value, list):
