@@ -170,12 +170,14 @@ class Policy:
     def authorize(
         self, user: User, tenant: str, embed_name: str, service: ServiceConfig | None = None
     ) -> EmbedRule:
-        denied = EmbedNotAllowed(f"embed {embed_name!r} is not available to you")
         rule = self._embeds.get(embed_name)
-        if rule is None or tenant not in rule.tenants or not rule.allows_roles(user.roles):
-            raise denied
-        if service is not None and not _listed(embed_name, service.allow.embeds):
-            raise denied
+        if (
+            rule is None
+            or tenant not in rule.tenants
+            or not rule.allows_roles(user.roles)
+            or (service is not None and not _listed(embed_name, service.allow.embeds))
+        ):
+            raise EmbedNotAllowed(f"embed {embed_name!r} is not available to you")
         return rule
 
     def authorize_service_tenant(self, service: ServiceConfig, tenant: str) -> None:

@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import ValidationError
 
 from app.config.interpolation import interpolate_tree
 from app.config.models import (
-    EC_ALGORITHMS,
     HMAC_ALGORITHMS,
     MIN_HMAC_SECRET_BYTES,
-    RSA_ALGORITHMS,
     EmbedConfig,
     IssuerConfig,
     PolicyConfig,
@@ -43,7 +39,6 @@ from app.providers.registry import provider_class
 
 YamlPath = tuple[str | int, ...]
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
-EC_CURVE_FOR_ALG = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
 
 # Values used to render templates at load, to validate bodies against vendor models.
 PLACEHOLDER_USER: Mapping[str, Any] = {
@@ -249,25 +244,21 @@ def _check_issuers(policy: PolicyConfig) -> Iterable[ConfigIssue]:
 def public_key_problem(issuer: IssuerConfig) -> str | None:
     """Why a static PEM public key does not fit the issuer's algorithms, or None."""
     assert issuer.public_key is not None
+    # The same parser the verifier builds its key with (app.auth imports this module,
+    # hence the late import).
+    from app.auth.keys import KeyProblem, key_from_pem
+
     try:
-        key = load_pem_public_key(issuer.public_key.encode())
-    except (ValueError, TypeError):
-        return "not a PEM public key"
-    algorithms = set(issuer.algorithms)
-    if isinstance(key, rsa.RSAPublicKey):
-        if not algorithms <= RSA_ALGORITHMS:
-            return "an RSA key fits only RS* algorithms"
-        if key.key_size < 2048:
-            return "RSA keys must have at least 2048 bits"
-        return None
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        if not algorithms <= EC_ALGORITHMS:
-            return "an EC key fits only ES* algorithms"
-        wrong = [alg for alg in algorithms if EC_CURVE_FOR_ALG[alg] != key.curve.name]
-        if wrong:
-            return f"curve {key.curve.name} does not fit {', '.join(sorted(wrong))}"
-        return None
-    return "only RSA and EC public keys are supported"
+        key = key_from_pem(issuer.public_key)
+    except KeyProblem as exc:
+        return str(exc)
+    family = "RS" if key.kty == "RSA" else "ES"
+    if not all(alg.startswith(family) for alg in issuer.algorithms):
+        return f"an {key.kty} key fits only {family}* algorithms"
+    wrong = sorted(alg for alg in issuer.algorithms if not key.fits(alg))
+    if wrong:
+        return f"curve {key.crv} does not fit {', '.join(wrong)}"
+    return None
 
 
 def _check_roles(policy: PolicyConfig) -> Iterable[ConfigIssue]:

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from app.providers.base import EmbedElementConfig
+from app.providers.base import LOOPBACK_HOSTS, EmbedElementConfig
 from app.providers.registry import ProviderConfig
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
@@ -30,7 +30,6 @@ EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | EC_ALGORITHMS
 # RFC 7518 3.2: an HMAC key at least as long as the hash (config.md: at least 32).
 MIN_HMAC_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 _LIMIT = re.compile(r"^\s*([1-9][0-9]{0,8})\s*/\s*(second|minute|hour|day)\s*$")
 Name = Annotated[

@@ -11,8 +11,10 @@ import logging
 import math
 import time
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
+import httpx
 import orjson
 from pydantic import Field, SecretStr, ValidationError, model_validator
 
@@ -122,6 +124,10 @@ class EmbeddableProvider(BaseProvider):
 
     config: EmbeddableConfig
 
+    def __init__(self, name: str, config: EmbeddableConfig, client: httpx.AsyncClient) -> None:
+        super().__init__(name, config, client)
+        self._elements: dict[str, Element] = {}
+
     def __repr__(self) -> str:
         return f"EmbeddableProvider(name={self.name!r}, regions={sorted(self.config.regions)!r})"
 
@@ -173,7 +179,14 @@ class EmbeddableProvider(BaseProvider):
         return self.config.base_url(name), self.config.regions[name].api_key
 
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
-        return Element(ELEMENT_TAG, {"base-url": self.config.base_url(self._region(region)) + "/"})
+        name = self._region(region)
+        found = self._elements.get(name)
+        if found is None:  # the same for every token of a region: built once
+            base_url = self.config.base_url(name) + "/"
+            found = self._elements[name] = Element(
+                ELEMENT_TAG, MappingProxyType({"base-url": base_url})
+            )
+        return found
 
     def _region(self, region: str | None) -> str:
         if region is None:
