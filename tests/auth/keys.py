@@ -267,3 +267,25 @@ def self_signed_certificate_der(key: RsaKeyPair) -> bytes:
         .sign(key.private, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.DER)
+
+
+BASE64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def public_key_forms(key: RsaKeyPair | EcKeyPair) -> dict[str, bytes]:
+    """An issuer's public key in the encodings a key-confusion attacker would try
+    as an HMAC secret."""
+    return {
+        "pem": key.public_pem().encode(),
+        "jwk-json": json.dumps(key.jwk()).encode(),
+        "der": key.public_der(),
+        "openssh": key.public_openssh(),
+    }
+
+
+def non_canonical_segment(segment: str) -> str:
+    """Same bytes, other text: set an unused trailing bit (256-byte RSA signatures
+    end in a character that carries 2 data bits and 4 zero bits)."""
+    assert len(segment) % 4 == 2
+    index = BASE64URL_ALPHABET.index(segment[-1])
+    return segment[:-1] + BASE64URL_ALPHABET[index ^ 1]

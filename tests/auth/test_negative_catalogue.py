@@ -38,6 +38,8 @@ from tests.auth.keys import (
     ec_key,
     json_segment,
     jwks_document,
+    non_canonical_segment,
+    public_key_forms,
     resign,
     rsa_key,
     self_signed_certificate_der,
@@ -146,15 +148,6 @@ async def test_item2_one_character_changed_in_payload(env: AuthEnv, case: str) -
 
 
 # --- 3. key confusion: HS256 keyed with the issuer's public key -----------------------
-
-
-def public_key_forms(key: RsaKeyPair | EcKeyPair) -> dict[str, bytes]:
-    return {
-        "pem": key.public_pem().encode(),
-        "jwk-json": json.dumps(key.jwk()).encode(),
-        "der": key.public_der(),
-        "openssh": key.public_openssh(),
-    }
 
 
 CONFUSION_TARGETS: dict[str, tuple[str, Callable[[], RsaKeyPair | EcKeyPair]]] = {
@@ -552,17 +545,6 @@ async def test_item10_control_any_configured_audience_is_accepted(env: AuthEnv, 
 # --- 11. malformed tokens ---------------------------------------------------------------
 
 
-BASE64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-
-
-def _non_canonical(segment: str) -> str:
-    """Same bytes, other text: set an unused trailing bit (256-byte RSA signatures
-    end in a character that carries 2 data bits and 4 zero bits)."""
-    assert len(segment) % 4 == 2
-    index = BASE64URL_ALPHABET.index(segment[-1])
-    return segment[:-1] + BASE64URL_ALPHABET[index ^ 1]
-
-
 def _malformed() -> dict[str, str]:
     good = rs_token()
     header, payload, signature = good.split(".")
@@ -581,7 +563,7 @@ def _malformed() -> dict[str, str]:
         "space": f"{header}.{payload} .{signature}",
         "trailing-newline": good + "\n",
         "leading-space": " " + good,
-        "non-canonical-base64": f"{header}.{payload}.{_non_canonical(signature)}",
+        "non-canonical-base64": f"{header}.{payload}.{non_canonical_segment(signature)}",
         "header-array": compact(["RS256"], session_claims(RS_ISSUER), b"sig"),
         "header-string": compact('"RS256"', session_claims(RS_ISSUER), b"sig"),
         "header-not-json": compact(b"{alg: RS256}", session_claims(RS_ISSUER), b"sig"),

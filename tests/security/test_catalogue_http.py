@@ -43,6 +43,8 @@ from tests.auth.keys import (
     compact,
     ec_key,
     json_segment,
+    non_canonical_segment,
+    public_key_forms,
     resign,
     rsa_key,
     self_signed_certificate_der,
@@ -257,15 +259,6 @@ def test_item02_tampered(secured: SecurityStack, signer: str, tampering: str) ->
 # --- 3. key confusion: HS256 keyed with the issuer's public key ----------------------------
 
 
-def _public_key_forms(key: RsaKeyPair | EcKeyPair) -> dict[str, bytes]:
-    return {
-        "pem": key.public_pem().encode(),
-        "jwk-json": json.dumps(key.jwk()).encode(),
-        "der": key.public_der(),
-        "openssh": key.public_openssh(),
-    }
-
-
 CONFUSION_TARGETS: dict[str, tuple[str, Callable[[], RsaKeyPair | EcKeyPair]]] = {
     "rsa-jwks": (RS_ISSUER, lambda: rsa_key("rs-1")),
     "ec-jwks": (ES_ISSUER, lambda: ec_key("es-256")),
@@ -282,7 +275,7 @@ def test_item03_hs256_keyed_with_public_key(
     issuer, key_of = CONFUSION_TARGETS[target]
     key = key_of()
     token = sign_token(
-        claims(issuer), _public_key_forms(key)[form], "HS256", kid=key.kid if with_kid else None
+        claims(issuer), public_key_forms(key)[form], "HS256", kid=key.kid if with_kid else None
     )
     refuse(secured, token)
 
@@ -660,17 +653,12 @@ def test_item10_audience_null(secured: SecurityStack) -> None:
 
 # --- 11. malformed tokens -------------------------------------------------------------------
 
-BASE64URL_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 DEEP = "[" * 200 + "]" * 200
 
 
 def _non_canonical(token: str) -> str:
-    """The same signature bytes with an unused trailing bit set (a 256-byte RSA
-    signature ends in a character carrying 2 data bits and 4 zero bits)."""
     signing_input, signature = token.rsplit(".", 1)
-    assert len(signature) % 4 == 2
-    index = BASE64URL_ALPHABET.index(signature[-1])
-    return f"{signing_input}.{signature[:-1]}{BASE64URL_ALPHABET[index ^ 1]}"
+    return f"{signing_input}.{non_canonical_segment(signature)}"
 
 
 def _standard_base64(token: str) -> str:
