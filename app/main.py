@@ -15,6 +15,7 @@ from app.api import metrics, probes, tokens
 from app.api.cors import DynamicCORSMiddleware
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_exception_handlers
+from app.api.routing import LeanRouteDispatch
 from app.config.loader import load_policy_file
 from app.observability.logging import logging_off_the_loop
 from app.observability.metrics import Metrics
@@ -73,7 +74,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(probes.router)
     app.include_router(metrics.router)
-    # Added last = outermost: every response, CORS ones included, gets a request id.
+    # Added first = innermost; added last = outermost: every response, CORS ones
+    # included, gets a request id.
+    # The token router is included without a prefix: its paths are the app's paths.
+    app.add_middleware(LeanRouteDispatch, routes=tokens.router.routes)
     app.add_middleware(DynamicCORSMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app
