@@ -1,145 +1,546 @@
-"""The outbound HTTP transport: httpx on top of httpcore connections, with a lean pool.
+"""The outbound HTTP transport: HTTP/1.1 on asyncio protocols, under httpx's client API.
 
-httpcore 1.0's pool re-examines every pooled connection (one ``select`` each) for every
-request it assigns. With 64 vendor calls in flight that measured 11-15 ms of CPU per
-call on this project's 2-core machine, which capped cache misses at ~110 calls/s; the
-vendor's own 50 ms was not the limit. This pool keeps, per origin, a stack of idle
-HTTP/1.1 connections: a request takes the most recently used one (checking only that
-one for expiry) or opens a new one, and gives it back when its response is closed.
-Everything else — connecting, TLS, HTTP/1.1, timeouts, httpx's API — is httpcore's
-and httpx's own. ``max_connections`` bounds the total; beyond it requests wait (the
-caller's deadline bounds the wait).
+Every vendor and JWKS call goes through the one ``httpx.AsyncClient`` of the process;
+this module is the transport under it (httpx's documented extension point). Why not
+httpx's default transport: with httpcore, anyio and h11 a vendor call cost about
+400 µs of CPU here (a third of a cache miss; anyio cancel scopes and locks around every
+read and write, a pure-Python HTTP state machine); on this transport it costs about
+60 µs. Cache misses are the broker's slow path (performance.md S3), so that matters.
+
+What it does:
+
+- one ``asyncio.Protocol`` per connection; responses parsed by ``httptools`` (llhttp,
+  the parser uvicorn serves with);
+- a pool per origin: a stack of idle keep-alive connections (the most recently used
+  is reused; one the peer closed is dropped as soon as the loop sees it close),
+  at most ``max_connections`` in use, expired after ``keepalive_expiry`` idle seconds;
+- TLS through the loop with an ``ssl.SSLContext`` (``httpx.create_ssl_context()``:
+  certificate and host name verification on);
+- httpx's timeouts: ``pool`` (waiting for a free connection slot), ``connect``
+  (TCP + TLS), ``write`` (while the socket's buffer is full), ``read`` (waiting for
+  the response head and for each body chunk); each raises httpx's exception;
+- a response body is streamed with back-pressure (reading pauses above 64 KiB
+  buffered); a connection is reused only after its response was read completely;
+- bounded response heads (64 KiB, 100 headers); CR, LF or NUL in a request header
+  are refused before anything is sent.
+
+What it does not do, on purpose: HTTP/2, proxies (``HTTP(S)_PROXY``; httpx ignores
+them for a client given a transport), ``Expect: 100-continue``, protocol upgrades,
+retries of requests that are not idempotent (a vendor POST is retried, or not, by
+:mod:`app.resilience`).
+
+Exceptions (all ``httpx.TransportError``)::
+
+    PoolTimeout, ConnectTimeout, WriteTimeout, ReadTimeout
+    ConnectError          TCP or TLS failed; nothing was sent
+    WriteError            the connection broke while sending
+    ReadError             the connection broke in the middle of a response body
+    RemoteProtocolError   closed before any response; malformed response
+    LocalProtocolError    a request that cannot be written (bad header)
+    UnsupportedProtocol   not http:// or https://
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
+import time
+from collections import deque
 from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar
-from typing import Any
+from typing import Any, cast
 
-import httpcore
+import httptools
 import httpx
 
-OriginKey = tuple[bytes, bytes, int | None]
+OriginKey = tuple[bytes, bytes, int]
+
+DEFAULT_PORTS = {b"http": 80, b"https": 443}
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 100
+READ_HIGH_WATER = 64 * 1024
+READ_LOW_WATER = 16 * 1024
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+_BAD_HEADER_BYTES = re.compile(rb"[\r\n\x00]")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
-class _ReleasingStream:
-    """A response body that hands its connection back to the pool once closed."""
+class _Exchange:
+    """What one request/response on a connection has produced so far."""
+
+    __slots__ = (
+        "body",
+        "complete",
+        "error",
+        "head",
+        "head_bytes",
+        "headers",
+        "keep_alive",
+        "reason",
+        "status",
+        "waiter",
+    )
+
+    def __init__(self) -> None:
+        self.head: asyncio.Future[None] | None = None
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
+        self.body: deque[bytes] = deque()
+        self.complete = False
+        self.keep_alive = False
+        self.error: httpx.TransportError | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one exchange at a time, parsed as bytes arrive."""
+
+    def __init__(self, pool: LeanTransport, key: OriginKey) -> None:
+        self._pool = pool
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = False
+        """True once a response was read on it: a reused connection may be stale."""
+        self.idle_since = 0.0
+        self._parser = httptools.HttpResponseParser(self)
+        self._exchange: _Exchange | None = None
+        self._buffered = 0
+        self._reading_paused = False
+        self._writable: asyncio.Future[None] | None = None
+        self._eof_body = False
+        self._head_only = False
+        self.received = False
+        """True once a byte of the current exchange's answer arrived: a failure before
+        that, on a kept-alive connection, means the peer had closed it already."""
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream transport (uvloop's is not an asyncio.Transport subclass).
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        exchange = self._exchange
+        if exchange is None or exchange.complete or exchange.error is not None:
+            return
+        if exchange.head is not None and not exchange.head.done():
+            self._fail(httpx.RemoteProtocolError("server disconnected without sending a response"))
+        elif self._eof_body:
+            exchange.complete = True  # a body delimited by the end of the connection
+            exchange.wake()
+        else:
+            self._fail(httpx.ReadError("server disconnected in the middle of the response body"))
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost does the rest
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def data_received(self, data: bytes) -> None:
+        self.received = True
+        if self._exchange is None:
+            # Bytes nobody asked for: the connection is out of step; never reuse it.
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            raised = exc.__context__  # what one of the callbacks below raised
+            if not isinstance(raised, httpx.TransportError):
+                raised = httpx.RemoteProtocolError("malformed HTTP response")
+            self._fail(raised)
+        except httptools.HttpParserError:
+            self._fail(httpx.RemoteProtocolError("malformed HTTP response"))
+
+    # --- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        exchange = self._exchange
+        if exchange is None or exchange.complete:
+            # A second response to one request: the connection is out of step.
+            raise httpx.RemoteProtocolError("unexpected data after the response")
+
+    def on_status(self, reason: bytes) -> None:
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.reason += reason
+            self._count_head(exchange, len(reason))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        exchange = self._exchange
+        if exchange is not None:
+            exchange.headers.append((name, value))
+            self._count_head(exchange, len(name) + len(value))
+            if len(exchange.headers) > MAX_HEADERS:
+                raise httpx.RemoteProtocolError("response has too many headers")
+
+    def on_headers_complete(self) -> None:
+        exchange = self._exchange
+        if exchange is None:
+            return
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            if status == 101:
+                raise httpx.RemoteProtocolError("the server switched protocols")
+            exchange.headers.clear()  # an informational answer; the real one follows
+            exchange.reason = b""
+            return
+        exchange.status = status
+        names = {name.lower() for name, _ in exchange.headers}
+        self._eof_body = (
+            b"content-length" not in names
+            and b"transfer-encoding" not in names
+            and status not in (204, 304)
+        )
+        if exchange.head is not None and not exchange.head.done():
+            exchange.head.set_result(None)
+        if self._head_only:
+            # The parser cannot be told a HEAD response has no body: finish here and
+            # never reuse the connection (it could mistake the next bytes for a body).
+            exchange.complete = True
+            exchange.keep_alive = False
+            exchange.wake()
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self._exchange
+        if exchange is None or exchange.complete:
+            return
+        exchange.body.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        exchange.wake()
+
+    def on_message_complete(self) -> None:
+        exchange = self._exchange
+        if exchange is None or exchange.complete or not exchange.status:
+            return  # an informational response ended (or a HEAD response, done already)
+        exchange.complete = True
+        exchange.keep_alive = self._parser.should_keep_alive()
+        exchange.wake()
+
+    # --- used by the transport -----------------------------------------------------------
+
+    def _count_head(self, exchange: _Exchange, size: int) -> None:
+        exchange.head_bytes += size
+        if exchange.head_bytes > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError("response head is too large")
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        exchange = self._exchange
+        if exchange is not None and exchange.error is None and not exchange.complete:
+            exchange.error = error
+            if exchange.head is not None and not exchange.head.done():
+                exchange.head.set_result(None)
+            exchange.wake()
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def is_reusable(self, now: float, keepalive_expiry: float) -> bool:
+        return not self.closed and now - self.idle_since < keepalive_expiry
+
+    async def send(self, request: httpx.Request, head: bytes, write_timeout: float | None) -> None:
+        assert self.transport is not None
+        exchange = _Exchange()
+        exchange.head = asyncio.get_running_loop().create_future()
+        self._exchange = exchange
+        self._head_only = request.method == "HEAD"
+        self._eof_body = False
+        self.received = False
+        body = request.stream
+        if isinstance(body, httpx.ByteStream):
+            self.transport.write(head + bytes(request.content))
+            await self._drain(write_timeout)
+            return
+        self.transport.write(head)
+        chunked = request.headers.get("transfer-encoding", "").lower() == "chunked"
+        async for chunk in body:  # type: ignore[union-attr]
+            if not chunk:
+                continue
+            if chunked:
+                self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            else:
+                self.transport.write(chunk)
+            await self._drain(write_timeout)
+        if chunked:
+            self.transport.write(b"0\r\n\r\n")
+        await self._drain(write_timeout)
+
+    async def _drain(self, write_timeout: float | None) -> None:
+        if self.closed:
+            raise httpx.WriteError("the connection closed while the request was sent")
+        writable = self._writable
+        if writable is None:
+            return
+        try:
+            async with asyncio.timeout(write_timeout):
+                await writable
+        except TimeoutError:
+            raise httpx.WriteTimeout("timed out sending the request") from None
+        if self.closed:
+            raise httpx.WriteError("the connection closed while the request was sent")
+
+    async def response_head(self, read_timeout: float | None) -> _Exchange:
+        exchange = self._exchange
+        assert exchange is not None
+        assert exchange.head is not None
+        if not exchange.head.done():
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await exchange.head
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out waiting for the response") from None
+        if exchange.error is not None:
+            raise exchange.error
+        return exchange
+
+    async def body_chunks(self, read_timeout: float | None) -> AsyncIterator[bytes]:
+        exchange = self._exchange
+        assert exchange is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while exchange.body:
+                chunk = exchange.body.popleft()
+                self._buffered -= len(chunk)
+                if self._reading_paused and self._buffered < READ_LOW_WATER and self.transport:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                yield chunk
+            if exchange.error is not None:
+                raise exchange.error
+            if exchange.complete:
+                return
+            exchange.waiter = loop.create_future()
+            try:
+                async with asyncio.timeout(read_timeout):
+                    await exchange.waiter
+            except TimeoutError:
+                raise httpx.ReadTimeout("timed out reading the response body") from None
+            finally:
+                exchange.waiter = None
+
+    def finish(self) -> bool:
+        """End the exchange; True when the connection can serve another request."""
+        exchange = self._exchange
+        self._exchange = None
+        self._buffered = 0
+        reusable = (
+            exchange is not None
+            and exchange.complete
+            and exchange.error is None
+            and exchange.keep_alive
+            and not exchange.body
+            and not self.closed
+        )
+        if self._reading_paused and self.transport is not None and reusable:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        return reusable
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """The body of one response; hands the connection back when closed."""
 
     def __init__(
-        self, stream: Any, pool: LeanConnectionPool, key: OriginKey, connection: Any
+        self, pool: LeanTransport, connection: _Connection, read_timeout: float | None
     ) -> None:
-        self._stream = stream
         self._pool = pool
-        self._key = key
         self._connection = connection
+        self._read_timeout = read_timeout
         self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for part in self._stream:
-            yield part
+        async for chunk in self._connection.body_chunks(self._read_timeout):
+            yield chunk
 
     async def aclose(self) -> None:
-        try:
-            if hasattr(self._stream, "aclose"):
-                await self._stream.aclose()
-        finally:
-            if not self._released:
-                self._released = True
-                self._pool.release(self._key, self._connection)
+        if not self._released:
+            self._released = True
+            self._pool.release(self._connection)
 
 
-class LeanConnectionPool:
+class LeanTransport(httpx.AsyncBaseTransport):
     def __init__(
-        self, *, ssl_context: ssl.SSLContext, max_connections: int, keepalive_expiry: float
+        self,
+        *,
+        max_connections: int = 512,
+        keepalive_expiry: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._ssl_context = ssl_context
+        self._ssl_context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._keepalive_expiry = keepalive_expiry
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[OriginKey, list[httpcore.AsyncHTTPConnection]] = {}
-        self._open: set[httpcore.AsyncHTTPConnection] = set()
-        self._closing: set[asyncio.Future[None]] = set()
+        self._idle: dict[OriginKey, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._closed = False
 
-    async def __aenter__(self) -> LeanConnectionPool:
+    async def __aenter__(self) -> LeanTransport:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    def _take_idle(self, key: OriginKey) -> httpcore.AsyncHTTPConnection | None:
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"only http:// and https:// URLs: {url.scheme!r}")
+        key: OriginKey = (scheme, url.raw_host, url.port or DEFAULT_PORTS[scheme])
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        head = _request_head(request)
+        await self._acquire_slot(timeouts.get("pool"))
+        try:
+            return await self._exchange(request, key, head, timeouts)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    async def _exchange(
+        self,
+        request: httpx.Request,
+        key: OriginKey,
+        head: bytes,
+        timeouts: dict[str, float | None],
+    ) -> httpx.Response:
+        read_timeout = timeouts.get("read")
+        retry_stale = request.method.encode() in IDEMPOTENT_METHODS
+        while True:
+            connection = self._take_idle(key) or await self._connect(key, timeouts.get("connect"))
+            try:
+                await connection.send(request, head, timeouts.get("write"))
+                exchange = await connection.response_head(read_timeout)
+            except httpx.RemoteProtocolError:
+                connection.finish()
+                connection.close()
+                if retry_stale and connection.used and not connection.received:
+                    retry_stale = False  # the peer closed a kept-alive connection: once more
+                    continue
+                raise
+            except BaseException:
+                connection.finish()
+                connection.close()
+                raise
+            return httpx.Response(
+                exchange.status,
+                headers=exchange.headers,
+                stream=_ResponseStream(self, connection, read_timeout),
+                extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
+            )
+
+    async def _acquire_slot(self, pool_timeout: float | None) -> None:
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return
+        try:
+            async with asyncio.timeout(pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout("no free connection slot in time") from None
+
+    def _take_idle(self, key: OriginKey) -> _Connection | None:
         stack = self._idle.get(key)
+        now = time.monotonic()
         while stack:
             connection = stack.pop()
-            if connection.is_idle() and not connection.has_expired():
+            if connection.is_reusable(now, self._keepalive_expiry):
                 return connection
             self._discard(connection)
         return None
 
-    def _discard(self, connection: httpcore.AsyncHTTPConnection) -> None:
-        self._open.discard(connection)
-        # Closing an idle HTTP/1.1 connection only closes its socket.
-        task = asyncio.ensure_future(connection.aclose())
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
-        url = request.url
-        key: OriginKey = (url.scheme, url.host, url.port)
-        await self._slots.acquire()
-        connection: httpcore.AsyncHTTPConnection | None = None
+    async def _connect(self, key: OriginKey, connect_timeout: float | None) -> _Connection:
+        scheme, raw_host, port = key
+        host = raw_host.decode("ascii")
+        tls = self._ssl_context if scheme == b"https" else None
+        loop = asyncio.get_running_loop()
         try:
-            connection = self._take_idle(key)
-            if connection is None:
-                connection = httpcore.AsyncHTTPConnection(
-                    origin=url.origin,
-                    ssl_context=self._ssl_context,
-                    keepalive_expiry=self._keepalive_expiry,
-                    http1=True,
-                    http2=False,
+            async with asyncio.timeout(connect_timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, key),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls is not None else None,
                 )
-                self._open.add(connection)
-            response = await connection.handle_async_request(request)
-        except BaseException:
-            if connection is not None:
-                self._open.discard(connection)
-                await connection.aclose()
-            self._slots.release()
-            raise
-        return httpcore.Response(
-            status=response.status,
-            headers=response.headers,
-            content=_ReleasingStream(response.stream, self, key, connection),
-            extensions=response.extensions,
-        )
+        except TimeoutError:
+            raise httpx.ConnectTimeout("timed out connecting") from None
+        except OSError as exc:  # ssl.SSLError included
+            # The reason (refused, unreachable, certificate) without the address.
+            raise httpx.ConnectError(
+                f"connection failed ({type(exc).__name__}: {exc.strerror or 'no detail'})"
+            ) from None
+        self._open.add(connection)
+        return connection
 
-    def release(self, key: OriginKey, connection: httpcore.AsyncHTTPConnection) -> None:
+    def release(self, connection: _Connection) -> None:
+        """The response is closed: keep the connection for reuse, or close it."""
         self._slots.release()
-        if connection.is_idle():
-            self._idle.setdefault(key, []).append(connection)
+        if connection.finish() and not self._closed:
+            connection.used = True
+            connection.idle_since = time.monotonic()
+            self._idle.setdefault(connection.key, []).append(connection)
         else:
             self._discard(connection)
 
+    def forget(self, connection: _Connection) -> None:
+        """The peer closed the connection (called from ``connection_lost``)."""
+        self._open.discard(connection)
+        stack = self._idle.get(connection.key)
+        if stack and connection in stack:
+            stack.remove(connection)
+
+    def _discard(self, connection: _Connection) -> None:
+        self._open.discard(connection)
+        connection.close()
+
     async def aclose(self) -> None:
+        self._closed = True
         connections = list(self._open)
         self._open.clear()
         self._idle.clear()
         for connection in connections:
-            await connection.aclose()
-        await asyncio.gather(*self._closing, return_exceptions=True)
+            connection.close()
+        await asyncio.sleep(0)  # let the loop run the transports' close callbacks
 
 
-class LeanTransport(httpx.AsyncHTTPTransport):
-    """``httpx.AsyncHTTPTransport`` with :class:`LeanConnectionPool` as its pool."""
-
-    def __init__(self, *, max_connections: int = 512, keepalive_expiry: float = 30.0) -> None:
-        super().__init__()
-        self._pool = LeanConnectionPool(  # type: ignore[assignment]
-            ssl_context=httpx.create_ssl_context(),
-            max_connections=max_connections,
-            keepalive_expiry=keepalive_expiry,
-        )
+def _request_head(request: httpx.Request) -> bytes:
+    method = request.method.encode("ascii")
+    if not _TOKEN.fullmatch(method):
+        raise httpx.LocalProtocolError("the request method is not a valid token")
+    target = request.url.raw_path
+    parts = [method, b" ", target, b" HTTP/1.1\r\n"]
+    for name, value in request.headers.raw:
+        if not _TOKEN.fullmatch(name) or _BAD_HEADER_BYTES.search(value):
+            # An API key or header value with a line break would add headers of its own.
+            raise httpx.LocalProtocolError("a request header contains a forbidden character")
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 class NoCookies(CookieJar):
