@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, Protocol
 import httpx
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
 
+from app.providers.http import CallContext, VendorEndpoint
+
 # Fields that carry the token's lifetime. The broker owns them (from token_ttl_seconds);
 # a policy file that writes one in a request is rejected at load.
 BROKER_OWNED_FIELDS = frozenset({"expiryInSeconds", "expiryTime"})
@@ -109,12 +111,15 @@ class BaseProvider(abc.ABC):
 
     type_name: ClassVar[str]
     config_model: ClassVar[type[ProviderConfigBase]]
+    token_path: ClassVar[str]
+    """Appended to the account's base URL: the vendor's token endpoint."""
 
     def __init__(self, name: str, config: Any, client: httpx.AsyncClient) -> None:
         self.name = name
         self.config = config
         self._client = client
         self._fingerprints: dict[str | None, str] = {}
+        self._endpoints: dict[str | None, VendorEndpoint] = {}
 
     @classmethod
     @abc.abstractmethod
@@ -135,6 +140,20 @@ class BaseProvider(abc.ABC):
     @abc.abstractmethod
     def account(self, region: str | None) -> tuple[str, SecretStr]:
         """The endpoint and API key a token for ``region`` comes from."""
+
+    def endpoint(self, region: str | None) -> VendorEndpoint:
+        """The token endpoint of ``region``'s account, prepared on first use."""
+        found = self._endpoints.get(region)
+        if found is None:
+            base_url, api_key = self.account(region)
+            found = self._endpoints[region] = VendorEndpoint.prepare(
+                self._client,
+                base_url + self.token_path,
+                api_key=api_key,
+                timeout_seconds=self.config.timeout_seconds,
+                context=CallContext(self.name, region, (api_key,)),
+            )
+        return found
 
     def account_fingerprint(self, region: str | None) -> str:
         """Names the vendor account (endpoint + key) without revealing the key.

@@ -22,7 +22,6 @@ from app.providers.base import (
 )
 from app.providers.embeddable import _first_error
 from app.providers.http import (
-    CallContext,
     post_json,
     raise_for_failure,
     require_positive_ttl,
@@ -107,6 +106,7 @@ class DatabrainRequest(StrictModel):
 class DatabrainProvider(BaseProvider):
     type_name: ClassVar[str] = TYPE_NAME
     config_model: ClassVar[type[ProviderConfigBase]] = DatabrainConfig
+    token_path: ClassVar[str] = TOKEN_PATH
 
     config: DatabrainConfig
 
@@ -132,16 +132,10 @@ class DatabrainProvider(BaseProvider):
     ) -> IssuedToken:
         """``region`` is the tenant's; Databrain is not region-based, so it only labels errors."""
         require_positive_ttl(ttl_seconds)
-        context = CallContext(self.name, region, (self.config.api_key,))
+        endpoint = self.endpoint(region)
+        context = endpoint.context
         started = time.time()
-        response = await post_json(
-            self._client,
-            str(self.config.base_url).rstrip("/") + TOKEN_PATH,
-            api_key=self.config.api_key,
-            body=vendor_body(body, ttl_seconds),
-            timeout_seconds=self.config.timeout_seconds,
-            context=context,
-        )
+        response = await post_json(self._client, endpoint, vendor_body(body, ttl_seconds))
         raise_for_failure(response, context, error_fields)
         payload = response.json()
         if isinstance(payload, dict) and payload.get("error") is not None:

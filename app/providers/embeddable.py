@@ -28,7 +28,6 @@ from app.providers.base import (
     VendorUrl,
 )
 from app.providers.http import (
-    CallContext,
     post_json,
     raise_for_failure,
     require_positive_ttl,
@@ -121,6 +120,7 @@ class EmbeddableRequest(StrictModel):
 class EmbeddableProvider(BaseProvider):
     type_name: ClassVar[str] = TYPE_NAME
     config_model: ClassVar[type[ProviderConfigBase]] = EmbeddableConfig
+    token_path: ClassVar[str] = TOKEN_PATH
 
     config: EmbeddableConfig
 
@@ -150,16 +150,10 @@ class EmbeddableProvider(BaseProvider):
     ) -> IssuedToken:
         require_positive_ttl(ttl_seconds)
         region_name = self._region(region)
-        context = CallContext(self.name, region_name, (self.config.regions[region_name].api_key,))
+        endpoint = self.endpoint(region_name)
+        context = endpoint.context
         started = time.time()
-        response = await post_json(
-            self._client,
-            self.config.base_url(region_name) + TOKEN_PATH,
-            api_key=self.config.regions[region_name].api_key,
-            body=vendor_body(body, ttl_seconds),
-            timeout_seconds=self.config.timeout_seconds,
-            context=context,
-        )
+        response = await post_json(self._client, endpoint, vendor_body(body, ttl_seconds))
         raise_for_failure(response, context, error_fields)
         token = token_from_body(response, context)
         expires_at = started + ttl_seconds

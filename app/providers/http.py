@@ -101,35 +101,69 @@ class VendorResponse:
             return None
 
 
+@dataclass(frozen=True, slots=True)
+class VendorEndpoint:
+    """A vendor's token URL with everything a call to it needs, prepared once.
+
+    Built once per provider and region (from the policy; rebuilt on reload): the parsed
+    URL, the request headers (the shared client's defaults, the API key, JSON content
+    negotiation), httpx's timeout extension, and the :class:`CallContext` that names
+    and scrubs the call's errors. A call then only serializes its body.
+    """
+
+    url: httpx.URL
+    headers: httpx.Headers = field(repr=False)
+    timeout_seconds: float
+    timeouts: Mapping[str, float | None]
+    context: CallContext
+
+    @classmethod
+    def prepare(
+        cls,
+        client: httpx.AsyncClient,
+        url: str,
+        *,
+        api_key: SecretStr,
+        timeout_seconds: float,
+        context: CallContext,
+    ) -> VendorEndpoint:
+        headers = httpx.Headers(client.headers)
+        headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "application/json"
+        timeouts = httpx.Timeout(
+            timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds)
+        )
+        return cls(httpx.URL(url), headers, timeout_seconds, timeouts.as_dict(), context)
+
+
+_CLOSED_STREAM = httpx.ByteStream(b"")
+
+
 async def post_json(
-    client: httpx.AsyncClient,
-    url: str,
-    *,
-    api_key: SecretStr,
-    body: Mapping[str, Any],
-    timeout_seconds: float,
-    context: CallContext,
+    client: httpx.AsyncClient, endpoint: VendorEndpoint, body: Mapping[str, Any]
 ) -> VendorResponse:
     """POST ``body`` as JSON once; read at most MAX_RESPONSE_BYTES of the answer.
 
     Transport failures become ProviderConnectError / ProviderTimeout; any status is
     returned as is. The httpx exception is not chained: its request carries the key.
     """
-    headers = {
-        "Authorization": f"Bearer {api_key.get_secret_value()}",
-        "Content-Type": "application/json",
-        "Accept": "application/json",
-    }
-    timeouts = httpx.Timeout(timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds))
-    content = orjson.dumps(body)
+    context = endpoint.context
+    request = httpx.Request(
+        "POST",
+        endpoint.url,
+        headers=endpoint.headers,
+        content=orjson.dumps(body),
+        extensions={"timeout": endpoint.timeouts},
+    )
     failure: ProviderError
     try:
         # httpx's timeouts bound each read; this bounds the whole call (slow-drip bodies).
-        async with asyncio.timeout(timeout_seconds):
-            return await _send(client, url, content, headers, timeouts)
+        async with asyncio.timeout(endpoint.timeout_seconds):
+            return await _send(client, request)
     except (httpx.TimeoutException, TimeoutError):
         failure = ProviderTimeout(
-            f"no answer within {timeout_seconds:g} s",
+            f"no answer within {endpoint.timeout_seconds:g} s",
             provider=context.provider,
             region=context.region,
         )
@@ -142,18 +176,19 @@ async def post_json(
     raise failure
 
 
-async def _send(
-    client: httpx.AsyncClient,
-    url: str,
-    content: bytes,
-    headers: Mapping[str, str],
-    timeouts: httpx.Timeout,
-) -> VendorResponse:
-    async with client.stream(
-        "POST", url, content=content, headers=headers, timeout=timeouts
-    ) as response:
+async def _send(client: httpx.AsyncClient, request: httpx.Request) -> VendorResponse:
+    # ``send`` rather than ``stream``: the request is built from the prepared endpoint
+    # (the client's default headers are already in it), and nothing is merged per call.
+    response = await client.send(request, stream=True)
+    try:
         body, complete = await _read_bounded(response)
-        return VendorResponse(response.status_code, response.headers, body, complete)
+    finally:
+        await response.aclose()
+        # httpx's streamed response and its stream refer to each other; left alone, the
+        # pair (with the request, headers and URL: ~25 objects) waits for the cyclic
+        # garbage collector on every vendor call.
+        response.stream = _CLOSED_STREAM
+    return VendorResponse(response.status_code, response.headers, body, complete)
 
 
 async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:

@@ -108,6 +108,71 @@ async def test_the_request_carries_key_json_and_explicit_timeouts(
     assert isinstance(orjson.loads(request.content), dict)
 
 
+async def test_the_clients_default_headers_are_sent_and_no_cookie_ever() -> None:
+    from app.runtime import vendor_http_client
+
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(
+            200,
+            json={"token": jwt_with({"exp": time.time() + 5000})},
+            headers={"set-cookie": "vendor=1; Path=/"},
+        )
+
+    config = EmbeddableConfig.model_validate(
+        {"type": "embeddable", "regions": {"eu": {"api_key": API_KEY}}}
+    )
+    client = vendor_http_client()
+    client._transport = httpx.MockTransport(handler)  # the real client's headers and jar
+    provider = EmbeddableProvider("embeddable", config, client)
+    try:
+        for _ in range(2):
+            await provider.issue({"embeddableId": "d", "user": "u"}, 900, "eu")
+    finally:
+        await client.aclose()
+    for request in seen:
+        assert request.headers["user-agent"] == "token-broker"
+        assert request.headers["accept-encoding"] == "identity"
+        assert request.headers["authorization"] == f"Bearer {API_KEY}"
+        assert "cookie" not in request.headers
+
+
+@both
+async def test_a_vendor_call_leaves_no_cyclic_garbage(
+    build: Callable[[Handler], BaseProvider],
+) -> None:
+    """httpx's streamed response refers to its stream and back; post_json breaks that, so
+    a call's objects are freed at once instead of waiting for the (pausing) collector."""
+    import gc
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"token": jwt_with({"exp": time.time() + 5000})})
+
+    provider = build(handler)
+    body = (
+        {"embeddableId": "d", "user": "u"}
+        if provider.type_name == "embeddable"
+        else {"clientId": "c", "dataAppName": "app"}
+    )
+    await provider.issue(body, 900, "eu")  # the endpoint is prepared on first use
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(20):
+            await provider.issue(body, 900, "eu")
+        gc.collect()
+        left = [
+            type(item).__name__ for item in gc.garbage if type(item).__module__.startswith("httpx")
+        ]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        await provider._client.aclose()
+    assert left == []
+
+
 async def test_default_vendor_urls() -> None:
     urls: list[str] = []
 
