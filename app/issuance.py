@@ -86,7 +86,7 @@ class TokenFlow:
         self._metrics = metrics
         self._clock = clock
         self._flights: SingleFlight[Obtained] = SingleFlight()
-        self._plans: OrderedDict[tuple[int, int, str, str], tuple[Policy, User, TokenPlan, str]]
+        self._plans: OrderedDict[tuple[int, int, str, str], tuple[Policy, User, str, str]]
         self._plans = OrderedDict()
 
     async def issue(
@@ -120,10 +120,10 @@ class TokenFlow:
             audit["tenant"] = chosen
             rule = policy.authorize(user, chosen, embed, service)
             audit["provider"] = rule.provider
-            plan, cache_key = self._plan(
+            region, cache_key, plan = self._plan(
                 policy, providers, user, chosen, rule, memo=service is None
             )
-            audit["region"] = plan.region
+            audit["region"] = region
             decision = await limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
             if not decision.allowed:
                 raise RateLimited(
@@ -133,11 +133,15 @@ class TokenFlow:
                 )
             provider = providers[rule.provider]
             obtained, cache_state = await self._obtain(
-                plan, provider, cache_key, policy.config.cache
+                lambda: plan if plan is not None else policy.plan(user, chosen, rule),
+                provider,
+                cache_key,
+                region,
+                policy.config.cache,
             )
             audit["cache"] = cache_state
             audit["vendor_status"] = obtained.vendor_status
-            element = provider.element(rule.element, plan.region)
+            element = provider.element(rule.element, region)
         except BrokerError as exc:
             self._record("token.denied", exc.code, audit, started)
             raise
@@ -150,7 +154,7 @@ class TokenFlow:
             token=obtained.token.token,
             rule=rule,
             tenant=chosen,
-            region=plan.region,
+            region=region,
             expires_at=obtained.token.expires_at,
             element=element,
             cache=cache_state,
@@ -166,19 +170,22 @@ class TokenFlow:
         rule: EmbedRule,
         *,
         memo: bool,
-    ) -> tuple[TokenPlan, str]:
-        """The rendered vendor request and its cache key.
+    ) -> tuple[str, str, TokenPlan | None]:
+        """The region and cache key of this user's vendor request, and the rendered
+        request when it was rendered now (None when both came from the memo).
 
         A session user object comes from the verified-session cache, so a busy user's
         repeat requests reuse it; the memo holds the objects it was computed from and
         compares them by identity, so it can never answer for another user or policy.
+        It keeps no rendered request: a repeat request is a cache hit, which needs only
+        the key, and a small entry keeps full garbage collections short.
         """
         memo_key = (id(policy), id(user), tenant, rule.name)
         if memo:
             hit = self._plans.get(memo_key)
             if hit is not None and hit[0] is policy and hit[1] is user:
                 self._plans.move_to_end(memo_key)
-                return hit[2], hit[3]
+                return hit[2], hit[3], None
         plan = policy.plan(user, tenant, rule)
         provider = providers[rule.provider]
         key = token_cache_key(
@@ -188,15 +195,19 @@ class TokenFlow:
             ttl_seconds=rule.ttl_seconds,
         )
         if memo:
-            self._plans[memo_key] = (policy, user, plan, key)
+            self._plans[memo_key] = (policy, user, plan.region, key)
             if len(self._plans) > PLAN_MEMO_ENTRIES:
                 self._plans.popitem(last=False)
-        return plan, key
+        return plan.region, key, plan
 
     async def _obtain(
-        self, plan: TokenPlan, provider: BaseProvider, key: str, cache_config: CacheConfig
+        self,
+        plan_for_vendor: Callable[[], TokenPlan],
+        provider: BaseProvider,
+        key: str,
+        region: str,
+        cache_config: CacheConfig,
     ) -> tuple[Obtained, CacheState]:
-        rule = plan.embed
         if cache_config.enabled:
             cached = await self._cache.get(key)
             if (
@@ -206,16 +217,14 @@ class TokenFlow:
                 return Obtained(cached, None), "hit"
 
         async def call_vendor() -> Obtained:
+            plan = plan_for_vendor()
+            ttl_seconds = plan.embed.ttl_seconds
             requested_at = self._clock()
             try:
-                issued = await self._caller.issue(
-                    provider, plan.body, rule.ttl_seconds, plan.region
-                )
+                issued = await self._caller.issue(provider, plan.body, ttl_seconds, region)
             except ProviderError as exc:
                 raise to_broker_error(exc) from None
-            token = CachedToken(
-                token=issued.token, issued_at=requested_at, expires_at=issued.expires_at
-            )
+            token = CachedToken(issued.token, requested_at, issued.expires_at)
             if cache_config.enabled:
                 await self._cache.put(key, token)
             return Obtained(token, issued.vendor_status)

@@ -16,6 +16,7 @@ from app.api.cors import DynamicCORSMiddleware
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_exception_handlers
 from app.api.routing import LeanRouteDispatch
+from app.collector import ServingCollector
 from app.config.loader import load_policy_file
 from app.observability.logging import logging_off_the_loop
 from app.observability.metrics import Metrics
@@ -54,8 +55,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 try:
                     await reloader.start()
-                    log.info("broker.started", extra={"config": str(settings.config)})
-                    yield {"runtime": runtime, "metrics": metrics}
+                    # Last: what start-up built is frozen out of later collections.
+                    async with ServingCollector(settings.gc_full_interval_seconds):
+                        log.info("broker.started", extra={"config": str(settings.config)})
+                        yield {"runtime": runtime, "metrics": metrics}
                 finally:
                     await reloader.aclose()
                     await runtime.aclose()

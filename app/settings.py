@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     reload_interval_seconds: float = Field(default=5.0, ge=0)
     """How often the policy file is checked for changes; 0 turns polling off (SIGHUP still works)."""
     shutdown_timeout_seconds: float = Field(default=10.0, ge=0)
+    gc_full_interval_seconds: float = Field(default=60.0, ge=0)
+    """Seconds between full garbage collections (app.collector); 0 keeps Python's policy."""
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -26,8 +26,7 @@ import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -49,15 +48,17 @@ _VALUE_HEADER = struct.Struct(">Bdd")  # format version, issued_at, expires_at
 _VALUE_FORMAT = 1
 
 
-@dataclass(frozen=True, slots=True)
-class CachedToken:
-    """A vendor token as the cache holds it."""
+class CachedToken(NamedTuple):
+    """A vendor token as the cache holds it (a tuple: see :class:`MemoryTokenCache`)."""
 
-    token: str = field(repr=False)
+    token: str
     issued_at: float
     """UNIX seconds, when the vendor issued it (when the broker received it)."""
     expires_at: float
     """UNIX seconds."""
+
+    def __repr__(self) -> str:
+        return f"CachedToken(token=[redacted], issued_at={self.issued_at!r}, expires_at={self.expires_at!r})"
 
     def remaining_ratio(self, now: float) -> float:
         """The share of the token's lifetime still left at ``now``, between 0 and 1."""
@@ -107,8 +108,7 @@ class TokenCache(Protocol):
 class MemoryTokenCache:
     """In-process LRU bounded by ``max_entries``; expired entries are dropped on access.
 
-    Each entry is one ``OrderedDict`` slot holding the slotted :class:`CachedToken`
-    itself (no wrapper objects), so a hit allocates nothing.
+    Each entry is one ``OrderedDict`` slot holding a plain tuple.
     """
 
     __slots__ = ("_clock", "_entries", "_max_entries")
@@ -118,7 +118,10 @@ class MemoryTokenCache:
             raise ValueError("max_entries must be at least 1")
         self._max_entries = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, CachedToken] = OrderedDict()
+        # Plain tuples, not CachedToken objects: the collector stops tracking a tuple
+        # of a str and two floats (it never untracks a tuple subclass), so a full cache
+        # adds nothing to the stop-the-world full collections.
+        self._entries: OrderedDict[str, tuple[str, float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -138,14 +141,14 @@ class MemoryTokenCache:
     def get_now(self, key: str) -> CachedToken | None:
         """Synchronous :meth:`get` (no I/O), for callers already off the await path."""
         entries = self._entries
-        token = entries.get(key)
-        if token is None:
+        entry = entries.get(key)
+        if entry is None:
             return None
-        if token.expires_at <= self._clock():
+        if entry[2] <= self._clock():
             del entries[key]
             return None
         entries.move_to_end(key)
-        return token
+        return tuple.__new__(CachedToken, entry)
 
     def put_now(self, key: str, token: CachedToken) -> None:
         """Synchronous :meth:`put`."""
@@ -153,12 +156,12 @@ class MemoryTokenCache:
         if token.expires_at <= now:
             return
         entries = self._entries
-        entries[key] = token
+        entries[key] = (token.token, token.issued_at, token.expires_at)
         entries.move_to_end(key)
         # The least recently used entry is usually also the first to expire: dropping
         # it while it's dead keeps memory near the live set, not near max_entries.
         oldest_key, oldest = next(iter(entries.items()))
-        if oldest.expires_at <= now and oldest_key != key:
+        if oldest[2] <= now and oldest_key != key:
             del entries[oldest_key]
         while len(entries) > self._max_entries:
             entries.popitem(last=False)

@@ -71,9 +71,25 @@ class TestCachedToken:
         assert CachedToken(token="t", issued_at=5.0, expires_at=5.0).remaining_ratio(5.0) == 0.0
 
     def test_repr_hides_the_token(self) -> None:
-        assert "secret-token" not in repr(
-            CachedToken(token="secret-token", issued_at=1.0, expires_at=2.0)
-        )
+        cached = CachedToken(token="secret-token", issued_at=1.0, expires_at=2.0)
+        assert "secret-token" not in repr(cached)
+        assert "secret-token" not in str(cached)
+        assert "secret-token" not in f"{[cached]}"
+
+
+def test_cached_entries_are_not_tracked_by_the_garbage_collector() -> None:
+    """A full cache must add nothing to full collections (they stop the event loop)."""
+    import gc
+
+    clock = FakeClock()
+    cache = MemoryTokenCache(1000, clock=clock)
+    for n in range(100):
+        cache.put_now(f"k{n}", token(str(n)))
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in cache._entries.values())
+    found = cache.get_now("k7")
+    assert found == token("7")
+    assert isinstance(found, CachedToken)
 
 
 class TestMemoryTokenCache:
