@@ -272,15 +272,21 @@ class _Sink:
 
 _STOP = object()
 MAX_BATCH = 1024
+GATHER_SECONDS = 0.05
+"""After a batch the writer sleeps this long, so the next one gathers what arrives
+meanwhile: without it the thread wakes for nearly every event, and each wake-up takes
+the GIL from the event loop (measured: a 20 µs RSA verification took 80 µs)."""
 
 
 class _LogWriter:
     """The one thread that formats and writes every queued record, in batches.
 
     It takes what is queued (up to :data:`MAX_BATCH`), formats each item for its own
-    logger's handlers, and writes each stream once per batch: at thousands of audit
-    events a second, per-line ``LogRecord`` objects, formatting and ``flush`` calls
-    cost more CPU (and GIL time taken from the event loop) than the requests did.
+    logger's handlers, writes each stream once per batch, then gathers the next batch
+    for :data:`GATHER_SECONDS`: at thousands of audit events a second, per-line
+    ``LogRecord`` objects, formatting, ``flush`` calls and thread wake-ups cost more CPU
+    (and GIL time taken from the event loop) than the requests did. A line reaches
+    its stream at most about 50 ms after it was logged; stopping writes everything.
     """
 
     def __init__(
@@ -327,6 +333,8 @@ class _LogWriter:
                 output.write_out()
             if stopping:
                 return
+            if len(batch) < MAX_BATCH:
+                time.sleep(GATHER_SECONDS)
 
     def _take(self, item: Any) -> None:
         if isinstance(item, _PendingEvent):
