@@ -21,7 +21,7 @@ from app.config.loader import load_policy_file
 from app.observability.logging import logging_off_the_loop
 from app.observability.metrics import Metrics
 from app.reload import PolicyReloader
-from app.runtime import Runtime, vendor_http_client
+from app.runtime import Runtime, vendor_http_client, vendor_transport
 from app.settings import Settings
 
 log = logging.getLogger("token_broker.main")
@@ -48,8 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         config = await asyncio.to_thread(load_policy_file, settings.config)
         metrics = Metrics.create()
         with logging_off_the_loop():
-            async with vendor_http_client() as http:
-                runtime = await Runtime.start(settings, config, http, metrics)
+            transport = vendor_transport()
+            async with vendor_http_client(transport) as http:
+                runtime = await Runtime.start(settings, config, http, transport, metrics)
                 reloader = PolicyReloader(
                     runtime, settings.config, settings.reload_interval_seconds
                 )

@@ -42,20 +42,26 @@ class ActivePolicy:
     loaded_at: float
 
 
-def vendor_http_client() -> httpx.AsyncClient:
-    """The one outbound client of the process (vendors and JWKS).
+def vendor_transport() -> LeanTransport:
+    """The one outbound connection pool of the process (vendor token calls and JWKS)."""
+    return LeanTransport(max_connections=512, keepalive_expiry=30.0)
 
-    Per-call timeouts come from each provider's ``timeout_seconds``; these defaults only
-    bound what does not set its own. Redirects are not followed: a token or JWKS
-    endpoint that redirects is misconfigured, and following could leak the API key.
+
+def vendor_http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """An httpx client over ``transport`` for the JWKS fetches (vendor token calls use the
+    transport directly: app.providers.http.post_json).
+
+    Per-call timeouts come from each caller; these defaults only bound what does not set
+    its own. Redirects are not followed: a JWKS endpoint that redirects is
+    misconfigured. Closing the client closes the transport.
     """
     return httpx.AsyncClient(
-        transport=LeanTransport(max_connections=512, keepalive_expiry=30.0),
+        transport=transport if transport is not None else vendor_transport(),
         cookies=NoCookies(),
         timeout=httpx.Timeout(5.0, connect=2.0),
         follow_redirects=False,
-        # Identity encoding: size caps on vendor and JWKS bodies then bound what is
-        # actually held in memory (a small gzip body can inflate a thousandfold).
+        # Identity encoding: size caps on bodies then bound what is actually held in
+        # memory (a small gzip body can inflate a thousandfold).
         headers={"User-Agent": "token-broker", "Accept-Encoding": "identity"},
     )
 
@@ -64,6 +70,7 @@ def vendor_http_client() -> httpx.AsyncClient:
 class Runtime:
     settings: Settings
     http: httpx.AsyncClient
+    transport: httpx.AsyncBaseTransport
     metrics: Metrics
     jwks: JwksStore
     redis: RedisHealth | None
@@ -77,8 +84,14 @@ class Runtime:
 
     @classmethod
     async def start(
-        cls, settings: Settings, config: PolicyConfig, http: httpx.AsyncClient, metrics: Metrics
+        cls,
+        settings: Settings,
+        config: PolicyConfig,
+        http: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
+        metrics: Metrics,
     ) -> Runtime:
+        """``http`` (JWKS) and ``transport`` (vendor calls) share one connection pool."""
         redis: RedisHealth | None = None
         local_cache = MemoryTokenCache(config.cache.max_entries)
         token_cache: TokenCache = local_cache
@@ -103,6 +116,7 @@ class Runtime:
         runtime = cls(
             settings=settings,
             http=http,
+            transport=transport,
             metrics=metrics,
             jwks=JwksStore(http, metrics),
             redis=redis,
@@ -120,7 +134,7 @@ class Runtime:
         verifier = SessionVerifier(config.session, self.jwks, metrics=self.metrics)
         await verifier.start()
         providers = {
-            name: provider_class(block.type)(name, block, self.http)
+            name: provider_class(block.type)(name, block, self.transport)
             for name, block in config.providers.items()
         }
         return ActivePolicy(

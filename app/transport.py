@@ -43,6 +43,7 @@ Exceptions (all ``httpx.TransportError``)::
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import ssl
 import time
@@ -53,6 +54,8 @@ from typing import Any, cast
 
 import httptools
 import httpx
+
+log = logging.getLogger("token_broker.transport")
 
 OriginKey = tuple[bytes, bytes, int]
 
@@ -488,13 +491,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
                     server_hostname=host if tls is not None else None,
                 )
         except TimeoutError:
+            log.debug("transport.connect_timeout", extra={"origin": _origin(key)})
             raise httpx.ConnectTimeout("timed out connecting") from None
         except OSError as exc:  # ssl.SSLError included
             # The reason (refused, unreachable, certificate) without the address.
-            raise httpx.ConnectError(
-                f"connection failed ({type(exc).__name__}: {exc.strerror or 'no detail'})"
-            ) from None
+            reason = f"{type(exc).__name__}: {exc.strerror or 'no detail'}"
+            log.debug("transport.connect_failed", extra={"origin": _origin(key), "reason": reason})
+            raise httpx.ConnectError(f"connection failed ({reason})") from None
         self._open.add(connection)
+        log.debug("transport.connected", extra={"origin": _origin(key), "open": len(self._open)})
         return connection
 
     def release(self, connection: _Connection) -> None:
@@ -526,6 +531,11 @@ class LeanTransport(httpx.AsyncBaseTransport):
         for connection in connections:
             connection.close()
         await asyncio.sleep(0)  # let the loop run the transports' close callbacks
+
+
+def _origin(key: OriginKey) -> str:
+    scheme, host, port = key
+    return f"{scheme.decode()}://{host.decode()}:{port}"
 
 
 def _request_head(request: httpx.Request) -> bytes:

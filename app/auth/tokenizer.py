@@ -92,12 +92,7 @@ def loads_strict_json(text: str, *, max_depth: int) -> Any:
         # Unicode text and cannot be encoded again (cache keys, vendor bodies, logs).
         raise StrictJsonError("contains a lone surrogate")
     try:
-        return json.loads(
-            text,
-            object_pairs_hook=_reject_duplicate_keys,
-            parse_constant=_reject_constant,
-            parse_float=_reject_huge_floats,
-        )
+        return _STRICT_DECODER.decode(text)
     except StrictJsonError:
         raise
     except (ValueError, RecursionError) as exc:  # JSONDecodeError, int-digit limit
@@ -105,6 +100,12 @@ def loads_strict_json(text: str, *, max_depth: int) -> Any:
 
 
 _LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]", re.ASCII)
+# Stateless, so one for all calls (json.loads with hooks builds a decoder per call).
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_reject_duplicate_keys,
+    parse_constant=_reject_constant,
+    parse_float=_reject_huge_floats,
+)
 
 
 def _has_lone_surrogate_escape(text: str) -> bool:

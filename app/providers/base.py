@@ -114,10 +114,10 @@ class BaseProvider(abc.ABC):
     token_path: ClassVar[str]
     """Appended to the account's base URL: the vendor's token endpoint."""
 
-    def __init__(self, name: str, config: Any, client: httpx.AsyncClient) -> None:
+    def __init__(self, name: str, config: Any, transport: httpx.AsyncBaseTransport) -> None:
         self.name = name
         self.config = config
-        self._client = client
+        self._transport = transport
         self._fingerprints: dict[str | None, str] = {}
         self._endpoints: dict[str | None, VendorEndpoint] = {}
 
@@ -147,7 +147,6 @@ class BaseProvider(abc.ABC):
         if found is None:
             base_url, api_key = self.account(region)
             found = self._endpoints[region] = VendorEndpoint.prepare(
-                self._client,
                 base_url + self.token_path,
                 api_key=api_key,
                 timeout_seconds=self.config.timeout_seconds,

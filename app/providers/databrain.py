@@ -135,7 +135,7 @@ class DatabrainProvider(BaseProvider):
         endpoint = self.endpoint(region)
         context = endpoint.context
         started = time.time()
-        response = await post_json(self._client, endpoint, vendor_body(body, ttl_seconds))
+        response = await post_json(self._transport, endpoint, vendor_body(body, ttl_seconds))
         raise_for_failure(response, context, error_fields)
         payload = response.json()
         if isinstance(payload, dict) and payload.get("error") is not None:

@@ -124,8 +124,10 @@ class EmbeddableProvider(BaseProvider):
 
     config: EmbeddableConfig
 
-    def __init__(self, name: str, config: EmbeddableConfig, client: httpx.AsyncClient) -> None:
-        super().__init__(name, config, client)
+    def __init__(
+        self, name: str, config: EmbeddableConfig, transport: httpx.AsyncBaseTransport
+    ) -> None:
+        super().__init__(name, config, transport)
         self._elements: dict[str, Element] = {}
 
     def __repr__(self) -> str:
@@ -153,7 +155,7 @@ class EmbeddableProvider(BaseProvider):
         endpoint = self.endpoint(region_name)
         context = endpoint.context
         started = time.time()
-        response = await post_json(self._client, endpoint, vendor_body(body, ttl_seconds))
+        response = await post_json(self._transport, endpoint, vendor_body(body, ttl_seconds))
         raise_for_failure(response, context, error_fields)
         token = token_from_body(response, context)
         expires_at = started + ttl_seconds

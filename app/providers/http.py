@@ -101,14 +101,16 @@ class VendorResponse:
             return None
 
 
+USER_AGENT = "token-broker"
+
+
 @dataclass(frozen=True, slots=True)
 class VendorEndpoint:
     """A vendor's token URL with everything a call to it needs, prepared once.
 
     Built once per provider and region (from the policy; rebuilt on reload): the parsed
-    URL, the request headers (the shared client's defaults, the API key, JSON content
-    negotiation), httpx's timeout extension, and the :class:`CallContext` that names
-    and scrubs the call's errors. A call then only serializes its body.
+    URL, the request headers, httpx's timeout extension, and the :class:`CallContext`
+    that names and scrubs the call's errors. A call then only serializes its body.
     """
 
     url: httpx.URL
@@ -119,34 +121,35 @@ class VendorEndpoint:
 
     @classmethod
     def prepare(
-        cls,
-        client: httpx.AsyncClient,
-        url: str,
-        *,
-        api_key: SecretStr,
-        timeout_seconds: float,
-        context: CallContext,
+        cls, url: str, *, api_key: SecretStr, timeout_seconds: float, context: CallContext
     ) -> VendorEndpoint:
-        headers = httpx.Headers(client.headers)
-        headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
-        headers["Content-Type"] = "application/json"
-        headers["Accept"] = "application/json"
+        headers = httpx.Headers(
+            {
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                # Identity: the size cap on bodies then bounds what is held in memory
+                # (a small gzip body can inflate a thousandfold).
+                "Accept-Encoding": "identity",
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {api_key.get_secret_value()}",
+            }
+        )
         timeouts = httpx.Timeout(
             timeout_seconds, connect=min(CONNECT_TIMEOUT_SECONDS, timeout_seconds)
         )
         return cls(httpx.URL(url), headers, timeout_seconds, timeouts.as_dict(), context)
 
 
-_CLOSED_STREAM = httpx.ByteStream(b"")
-
-
 async def post_json(
-    client: httpx.AsyncClient, endpoint: VendorEndpoint, body: Mapping[str, Any]
+    transport: httpx.AsyncBaseTransport, endpoint: VendorEndpoint, body: Mapping[str, Any]
 ) -> VendorResponse:
     """POST ``body`` as JSON once; read at most MAX_RESPONSE_BYTES of the answer.
 
-    Transport failures become ProviderConnectError / ProviderTimeout; any status is
-    returned as is. The httpx exception is not chained: its request carries the key.
+    One request on httpx's transport interface: a token call is a single stateless
+    exchange, so the client's cookie jar, redirect and auth flows have nothing to do
+    (and no cookie or redirect can happen by accident). Transport failures become
+    ProviderConnectError / ProviderTimeout; any status is returned as is. The httpx
+    exception is not chained: its request carries the key.
     """
     context = endpoint.context
     request = httpx.Request(
@@ -160,7 +163,7 @@ async def post_json(
     try:
         # httpx's timeouts bound each read; this bounds the whole call (slow-drip bodies).
         async with asyncio.timeout(endpoint.timeout_seconds):
-            return await _send(client, request)
+            return await _exchange(transport, request)
     except (httpx.TimeoutException, TimeoutError):
         failure = ProviderTimeout(
             f"no answer within {endpoint.timeout_seconds:g} s",
@@ -176,18 +179,12 @@ async def post_json(
     raise failure
 
 
-async def _send(client: httpx.AsyncClient, request: httpx.Request) -> VendorResponse:
-    # ``send`` rather than ``stream``: the request is built from the prepared endpoint
-    # (the client's default headers are already in it), and nothing is merged per call.
-    response = await client.send(request, stream=True)
+async def _exchange(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> VendorResponse:
+    response = await transport.handle_async_request(request)
     try:
         body, complete = await _read_bounded(response)
     finally:
         await response.aclose()
-        # httpx's streamed response and its stream refer to each other; left alone, the
-        # pair (with the request, headers and URL: ~25 objects) waits for the cyclic
-        # garbage collector on every vendor call.
-        response.stream = _CLOSED_STREAM
     return VendorResponse(response.status_code, response.headers, body, complete)
 
 

@@ -896,30 +896,30 @@ async def run_scenario(config: PolicyConfig, scenario: Scenario) -> Run:
         metrics=metrics,
     )
     vendors = FakeVendors()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(vendors.handle)) as client:
-        providers: dict[str, BaseProvider] = {
-            name: provider_class(block.type)(name, block, client)
-            for name, block in config.providers.items()
-        }
+    transport = httpx.MockTransport(vendors.handle)
+    providers: dict[str, BaseProvider] = {
+        name: provider_class(block.type)(name, block, transport)
+        for name, block in config.providers.items()
+    }
 
-        async def attempt(call: Call) -> Result:
-            try:
-                return await flow.issue(
-                    policy=policy,
-                    providers=providers,
-                    limiter=limiter,
-                    user=acting_user(world, call),
-                    tenant=call.tenant,
-                    embed=call.embed,
-                    caller=f"service:{call.service}" if call.service else "session",
-                    service=config.services[call.service] if call.service else None,
-                )
-            except BrokerError as exc:
-                return exc
+    async def attempt(call: Call) -> Result:
+        try:
+            return await flow.issue(
+                policy=policy,
+                providers=providers,
+                limiter=limiter,
+                user=acting_user(world, call),
+                tenant=call.tenant,
+                embed=call.embed,
+                caller=f"service:{call.service}" if call.service else "session",
+                service=config.services[call.service] if call.service else None,
+            )
+        except BrokerError as exc:
+            return exc
 
-        concurrent = list(await asyncio.gather(*(attempt(call) for call in scenario.calls)))
-        probes = [await attempt(call) for call in probe_calls(scenario)]
-        repeated = [await attempt(call) for call in scenario.calls]
+    concurrent = list(await asyncio.gather(*(attempt(call) for call in scenario.calls)))
+    probes = [await attempt(call) for call in probe_calls(scenario)]
+    repeated = [await attempt(call) for call in scenario.calls]
     return Run(
         policy=policy, concurrent=concurrent, probes=probes, repeated=repeated, vendors=vendors
     )

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
+from app.runtime import vendor_transport
 from tests.sandbox.harness import Sandbox, running_sandbox
 
 
@@ -20,6 +21,7 @@ def sandbox(sandbox_server: Sandbox) -> Sandbox:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as shared:
+async def client() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """The broker's own outbound transport (vendor calls go through it directly)."""
+    async with vendor_transport() as shared:
         yield shared

@@ -71,7 +71,7 @@ MINIMAL = {"clientId": "acme", "dataAppName": "opsapp"}
 
 
 def provider(
-    sandbox: Sandbox, client: httpx.AsyncClient, *, api_key: str = DATABRAIN_KEY
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, *, api_key: str = DATABRAIN_KEY
 ) -> DatabrainProvider:
     config = DatabrainConfig.model_validate(
         {
@@ -85,7 +85,7 @@ def provider(
 
 
 async def test_every_documented_field_reaches_the_vendor_with_its_type(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     before = time.time()
     issued = await provider(sandbox, client).issue(FULL_BODY, 600, "eu")
@@ -102,7 +102,7 @@ async def test_every_documented_field_reaches_the_vendor_with_its_type(
 
 
 async def test_the_expiry_is_always_set_in_milliseconds(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     await provider(sandbox, client).issue({**MINIMAL, "datasourceName": None}, 45, None)
 
@@ -110,7 +110,7 @@ async def test_the_expiry_is_always_set_in_milliseconds(
 
 
 async def test_a_wrong_key_is_upstream_auth_failed(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     with pytest.raises(ProviderAuthFailed) as caught:
         await provider(sandbox, client, api_key="not-the-key").issue(MINIMAL, 60, "eu")
@@ -124,7 +124,7 @@ async def test_a_wrong_key_is_upstream_auth_failed(
 
 
 async def test_an_unknown_data_app_is_upstream_rejected_with_the_vendor_code(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
         await provider(sandbox, client).issue({**MINIMAL, "dataAppName": "nosuchapp"}, 60, None)
@@ -151,7 +151,7 @@ async def test_an_unknown_data_app_is_upstream_rejected_with_the_vendor_code(
     ],
 )
 async def test_bodies_the_vendor_rejects_carry_its_code(
-    sandbox: Sandbox, client: httpx.AsyncClient, body: dict[str, Any], code: str
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, body: dict[str, Any], code: str
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
         await provider(sandbox, client).issue(body, 60, None)
@@ -182,7 +182,7 @@ DOCUMENTED_ERRORS = [
 @pytest.mark.parametrize(("status", "code", "raised", "broker_code"), DOCUMENTED_ERRORS)
 async def test_every_vendor_error_code_maps_to_its_broker_code(
     sandbox: Sandbox,
-    client: httpx.AsyncClient,
+    client: httpx.AsyncBaseTransport,
     status: int,
     code: str,
     raised: type[ProviderError],

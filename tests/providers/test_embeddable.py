@@ -35,7 +35,7 @@ FULL_BODY: dict[str, Any] = {
 
 
 def provider(
-    sandbox: Sandbox, client: httpx.AsyncClient, *, keys: dict[str, str] | None = None
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, *, keys: dict[str, str] | None = None
 ) -> EmbeddableProvider:
     keys = keys or {"us": US_KEY, "eu": EU_KEY}
     config = EmbeddableConfig.model_validate(
@@ -52,7 +52,7 @@ def provider(
 
 
 async def test_every_documented_field_reaches_the_vendor_with_its_type(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     issued = await provider(sandbox, client).issue(FULL_BODY, 600, "eu")
 
@@ -68,7 +68,7 @@ async def test_every_documented_field_reaches_the_vendor_with_its_type(
 
 
 async def test_the_broker_always_sends_version_context_and_expiry(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     body = {"embeddableId": "dash-1", "user": "bob", "environment": None}
 
@@ -84,7 +84,7 @@ async def test_the_broker_always_sends_version_context_and_expiry(
 
 
 async def test_the_old_dashboard_state_name_is_sent_as_written(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     body = {"embeddableId": "dash-1", "user": "bob", "dashboardState": "s"}
 
@@ -96,7 +96,7 @@ async def test_the_old_dashboard_state_name_is_sent_as_written(
 
 
 async def test_the_token_is_the_vendor_jwt_and_expires_no_later_than_asked(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     before = time.time()
     issued = await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 300, "eu")
@@ -109,7 +109,7 @@ async def test_the_token_is_the_vendor_jwt_and_expires_no_later_than_asked(
 
 @pytest.mark.parametrize("region", ["us", "eu"])
 async def test_each_region_is_called_at_its_url_with_its_key(
-    sandbox: Sandbox, client: httpx.AsyncClient, region: str
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, region: str
 ) -> None:
     await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, region)
 
@@ -120,7 +120,7 @@ async def test_each_region_is_called_at_its_url_with_its_key(
 
 
 async def test_a_key_the_region_refuses_is_upstream_auth_failed(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     swapped = provider(sandbox, client, keys={"eu": US_KEY})
 
@@ -136,7 +136,7 @@ async def test_a_key_the_region_refuses_is_upstream_auth_failed(
 
 
 async def test_a_body_the_vendor_rejects_is_upstream_rejected_with_its_message(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     body = {"embeddableId": "d", "user": "u", "savedVersion": "latest"}
 
@@ -154,7 +154,7 @@ async def test_a_body_the_vendor_rejects_is_upstream_rejected_with_its_message(
 
 @pytest.mark.parametrize("region", [None, "ap"])
 async def test_a_missing_or_unknown_region_is_a_config_bug(
-    sandbox: Sandbox, client: httpx.AsyncClient, region: str | None
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, region: str | None
 ) -> None:
     with pytest.raises(ValueError, match="region"):
         await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, region)
@@ -165,21 +165,21 @@ async def test_a_missing_or_unknown_region_is_a_config_bug(
 
 @pytest.mark.parametrize("ttl", [0, -5])
 async def test_a_ttl_that_is_not_positive_is_refused(
-    sandbox: Sandbox, client: httpx.AsyncClient, ttl: int
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, ttl: int
 ) -> None:
     with pytest.raises(ValueError, match="ttl_seconds"):
         await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, ttl, "eu")
 
 
 async def test_the_element_is_em_beddable_with_the_region_base_url(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     assert provider(sandbox, client).element(None, "eu") == Element(
         "em-beddable", {"base-url": f"{sandbox.embeddable_url('eu')}/"}
     )
 
 
-async def test_default_base_urls_follow_the_region(client: httpx.AsyncClient) -> None:
+async def test_default_base_urls_follow_the_region(client: httpx.AsyncBaseTransport) -> None:
     config = EmbeddableConfig.model_validate(
         {"type": "embeddable", "regions": {"us": {"api_key": "k1"}, "eu": {"api_key": "k2"}}}
     )
@@ -205,7 +205,7 @@ def test_both_canvas_state_names_at_once_fail_at_load() -> None:
         )
 
 
-async def test_the_api_key_is_not_in_the_repr(client: httpx.AsyncClient) -> None:
+async def test_the_api_key_is_not_in_the_repr(client: httpx.AsyncBaseTransport) -> None:
     config = EmbeddableConfig.model_validate(
         {"type": "embeddable", "regions": {"eu": {"api_key": EU_KEY}}}
     )
@@ -214,7 +214,7 @@ async def test_the_api_key_is_not_in_the_repr(client: httpx.AsyncClient) -> None
 
 
 async def test_no_key_or_token_reaches_the_logs(
-    sandbox: Sandbox, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         issued = await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, "eu")

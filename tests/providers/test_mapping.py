@@ -145,7 +145,9 @@ def test_account_fingerprints_name_endpoint_and_key_without_revealing_them() -> 
         config = DatabrainConfig.model_validate(
             {"type": "databrain", "api_key": key, "base_url": url}
         )
-        return DatabrainProvider("databrain", config, httpx.AsyncClient())
+        return DatabrainProvider(
+            "databrain", config, httpx.MockTransport(lambda _: httpx.Response(500))
+        )
 
     first = provider("key-one-secret").account_fingerprint(None)
     assert first == provider("key-one-secret").account_fingerprint(None)
