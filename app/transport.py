@@ -121,6 +121,10 @@ class _Connection(asyncio.Protocol):
         self._writable: asyncio.Future[None] | None = None
         self._eof_body = False
         self._head_only = False
+        self._tls = False
+        self._head_raw = 0
+        """Bytes received while the final response head is incomplete (httptools buffers
+        a header before calling back, so the callbacks alone cannot bound it)."""
         self.received = False
         """True once a byte of the current exchange's answer arrived: a failure before
         that, on a kept-alive connection, means the peer had closed it already."""
@@ -130,6 +134,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's is not an asyncio.Transport subclass).
         self.transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("sslcontext") is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -141,13 +146,21 @@ class _Connection(asyncio.Protocol):
             return
         if exchange.head is not None and not exchange.head.done():
             self._fail(httpx.RemoteProtocolError("server disconnected without sending a response"))
-        elif self._eof_body:
-            exchange.complete = True  # a body delimited by the end of the connection
+        elif self._eof_body and exc is None and not self._tls:
+            # A body delimited by the end of the connection. Not over TLS: asyncio
+            # reports a TCP close without close_notify as a clean end, so a truncated
+            # body could not be told from a complete one.
+            exchange.complete = True
             exchange.wake()
         else:
             self._fail(httpx.ReadError("server disconnected in the middle of the response body"))
 
     def eof_received(self) -> bool:
+        if self._exchange is None:
+            # An idle connection the server closed: out of the pool now, not a loop
+            # iteration later in connection_lost (a request could take it meanwhile).
+            self.closed = True
+            self._pool.forget(self)
         return False  # let the transport close; connection_lost does the rest
 
     def pause_writing(self) -> None:
@@ -164,8 +177,13 @@ class _Connection(asyncio.Protocol):
             # Bytes nobody asked for: the connection is out of step; never reuse it.
             self.close()
             return
+        exchange = self._exchange
         try:
             self._parser.feed_data(data)
+            if exchange.status == 0 and exchange.error is None:  # the final head is unfinished
+                self._head_raw += len(data)
+                if self._head_raw > MAX_HEAD_BYTES:
+                    self._fail(httpx.RemoteProtocolError("response head is too large"))
         except httptools.HttpParserCallbackError as exc:
             raised = exc.__context__  # what one of the callbacks below raised
             if not isinstance(raised, httpx.TransportError):
@@ -259,12 +277,25 @@ class _Connection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        """Drop the connection now: unsent bytes of a failed exchange are not flushed
+        (a graceful close would keep a dead connection, and its buffer, open)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_idle(self) -> None:
+        """Close a connection with nothing in flight, politely (FIN, not RST)."""
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
     def is_reusable(self, now: float, keepalive_expiry: float) -> bool:
-        return not self.closed and now - self.idle_since < keepalive_expiry
+        return (
+            not self.closed
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and now - self.idle_since < keepalive_expiry
+        )
 
     async def send(self, request: httpx.Request, head: bytes, write_timeout: float | None) -> None:
         assert self.transport is not None
@@ -274,6 +305,7 @@ class _Connection(asyncio.Protocol):
         self._head_only = request.method == "HEAD"
         self._eof_body = False
         self.received = False
+        self._head_raw = 0
         body = request.stream
         if isinstance(body, httpx.ByteStream):
             self.transport.write(head + bytes(request.content))
@@ -284,6 +316,8 @@ class _Connection(asyncio.Protocol):
         async for chunk in body:  # type: ignore[union-attr]
             if not chunk:
                 continue
+            if self.closed or self.transport.is_closing():
+                raise httpx.WriteError("the connection closed while the request was sent")
             if chunked:
                 self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
             else:
@@ -473,7 +507,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
             connection = stack.pop()
             if connection.is_reusable(now, self._keepalive_expiry):
                 return connection
-            self._discard(connection)
+            self._open.discard(connection)
+            connection.close_idle()
         return None
 
     async def _connect(self, key: OriginKey, connect_timeout: float | None) -> _Connection:
@@ -525,11 +560,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
+        idle = {id(c) for stack in self._idle.values() for c in stack}
         connections = list(self._open)
         self._open.clear()
         self._idle.clear()
         for connection in connections:
-            connection.close()
+            if id(connection) in idle:
+                connection.close_idle()
+            else:
+                connection.close()
         await asyncio.sleep(0)  # let the loop run the transports' close callbacks
 
 
@@ -539,9 +578,18 @@ def _origin(key: OriginKey) -> str:
 
 
 def _request_head(request: httpx.Request) -> bytes:
-    method = request.method.encode("ascii")
+    method = request.method.encode("ascii", "replace")
     if not _TOKEN.fullmatch(method):
         raise httpx.LocalProtocolError("the request method is not a valid token")
+    headers = request.headers
+    if "transfer-encoding" in headers and (
+        "content-length" in headers
+        or headers["transfer-encoding"].lower() != "chunked"
+        or isinstance(request.stream, httpx.ByteStream)
+    ):
+        # Only the framing this transport writes itself: anything else could make the
+        # server read part of the body as another request.
+        raise httpx.LocalProtocolError("a Transfer-Encoding this transport does not frame")
     target = request.url.raw_path
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     for name, value in request.headers.raw:

@@ -10,7 +10,9 @@ uvloop (the one the broker serves with).
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -480,3 +482,100 @@ async def test_https_refuses_an_untrusted_certificate(tls_files: tuple[Path, Pat
                 await client.get(url)
     finally:
         server.close()
+
+
+# --- found in review ----------------------------------------------------------------------
+
+
+async def test_a_reset_during_a_body_ended_by_close_is_not_a_complete_body() -> None:
+    async def reset_midway(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"token": "abc')
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # with linger 0: RST, not FIN
+
+    async with (
+        RawServer(reset_midway) as url,
+        httpx.AsyncClient(transport=LeanTransport()) as client,
+    ):
+        with pytest.raises(httpx.ReadError):
+            await client.get(url)
+
+
+async def test_over_tls_a_body_ended_by_close_is_refused(tls_files: tuple[Path, Path]) -> None:
+    """Without close_notify a truncated body looks like a finished one: never accept it."""
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
+    url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    trusting = ssl.create_default_context(cafile=str(cert))
+    try:
+        async with httpx.AsyncClient(transport=LeanTransport(ssl_context=trusting)) as client:
+            with pytest.raises(httpx.ReadError):
+                await client.get(url)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    "endless",
+    [b"HTTP/1.1 200 OK\r\nX-Endless: " + b"y" * 65536, b"HTTP/1.1 100 \r\n\r\n" * 8192],
+    ids=["one-endless-header", "informational-flood"],
+)
+async def test_a_head_that_never_ends_is_cut_off_at_the_limit(endless: bytes) -> None:
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        for _ in range(200):  # ~13 MB unless the client gives up first
+            writer.write(endless)
+            await writer.drain()
+
+    async with RawServer(flood) as url, httpx.AsyncClient(transport=LeanTransport()) as client:
+        with pytest.raises(httpx.RemoteProtocolError, match="head is too large"):
+            await client.get(url, timeout=30)
+
+
+async def test_an_idle_connection_the_server_closed_leaves_the_pool_at_once() -> None:
+    async with RawServer(answering(OK_2)) as url:
+        transport = LeanTransport()
+        async with httpx.AsyncClient(transport=transport) as client:
+            assert (await client.get(url)).text == "ok"
+            (idle,) = next(iter(transport._idle.values()))
+            idle.eof_received()  # what the loop calls first when the server's FIN arrives
+            assert transport._take_idle(idle.key) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "content"),
+    [
+        ({"Transfer-Encoding": "chunked"}, b"0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"),
+        ({"Transfer-Encoding": "gzip"}, None),
+    ],
+    ids=["chunked-header-on-a-byte-body", "unframed-coding"],
+)
+async def test_framing_the_transport_does_not_write_is_refused(
+    headers: dict[str, str], content: bytes | None
+) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    server = RawServer(answering(OK_2))
+    async with server as url, httpx.AsyncClient(transport=LeanTransport()) as client:
+        request = client.build_request(
+            "POST", url, content=content if content is not None else parts()
+        )
+        request.headers.update(headers)
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.send(request)
+    assert server.connections == 0
