@@ -22,6 +22,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import random
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -101,6 +102,12 @@ def vendor_error(vendor: Vendor, status: int, message: str, code: str | None = N
         return embeddable_error(message, code)
     default = _DATABRAIN_CODES.get(status, "INTERNAL_SERVER_ERROR" if status >= 500 else "ERROR")
     return databrain_error(code or default, message)
+
+
+def _token_id() -> str:
+    # A version-4 UUID from the fast PRNG: unique, not secret (the sandbox signs its
+    # tokens with a random key), and no os.urandom system call per token.
+    return str(uuid.UUID(int=random.getrandbits(128), version=4))
 
 
 def sign_hs256(claims: Mapping[str, Any], key: bytes) -> str:
@@ -225,6 +232,7 @@ class SandboxApp:
     async def _vendor(
         self, scope: Scope, receive: Receive, send: Send, vendor: Vendor, region: str | None
     ) -> None:
+        arrived = time.monotonic()
         if scope["method"] != "POST":
             body = vendor_error(vendor, 405, "only POST is supported")
             await respond(send, 405, body, headers=[(b"allow", b"POST")])
@@ -238,7 +246,7 @@ class SandboxApp:
             return
         entry = self.state.record(scope, vendor, region, raw)
         rule = self.state.faults.take(vendor, region)
-        if rule is not None and await self._inject(rule, entry, receive, send):
+        if rule is not None and await self._inject(rule, entry, receive, send, arrived):
             return
         handle = self._embeddable if vendor == "embeddable" else self._databrain
         status, body = handle(scope, entry)
@@ -246,12 +254,13 @@ class SandboxApp:
         await respond(send, status, body)
 
     async def _inject(
-        self, rule: FaultRule, entry: dict[str, Any], receive: Receive, send: Send
+        self, rule: FaultRule, entry: dict[str, Any], receive: Receive, send: Send, arrived: float
     ) -> bool:
         """Apply a fault rule; True when it answered (or dropped) the request."""
         if rule.latency_ms:
             entry["fault"] = "latency"
-            await asyncio.sleep(rule.latency_ms / 1000)
+            # Counted from the request's arrival: the sandbox's own work is part of it.
+            await asyncio.sleep(max(0.0, rule.latency_ms / 1000 - (time.monotonic() - arrived)))
         if rule.drop_connection:
             entry["fault"] = "drop_connection"
             await drop_connection(receive, send)
@@ -292,7 +301,7 @@ class SandboxApp:
             return 400, embeddable_error(f"invalid request: {error.message}")
         issued_at = int(time.time())
         claims = {
-            "securityTokenId": str(uuid.uuid4()),
+            "securityTokenId": _token_id(),
             "iat": issued_at,
             "exp": issued_at + body["expiryInSeconds"],
         }
@@ -317,7 +326,7 @@ class SandboxApp:
         known_apps = self.state.settings.databrain_data_apps
         if known_apps and body["dataAppName"] not in known_apps:
             return 404, databrain_error("DATA_APP_ID_ERROR", "data app not found")
-        token = str(uuid.uuid4())
+        token = _token_id()
         self.state.remember_token(token, entry)
         return 200, orjson.dumps({"token": token, "error": None})
 
