@@ -370,16 +370,10 @@ class VendorCaller:
 
     def _count(self, name: str, region: str | None, status: str) -> None:
         if self._metrics is not None:
-            self._metrics.upstream_requests_total.labels(
-                provider=name, region=region_label(region), status=status
-            ).inc()
+            self._metrics.upstream_children(name, region_label(region), status)[0].inc()
 
     def _observe(self, name: str, region: str | None, status: str, started: float) -> None:
         if self._metrics is not None:
-            label = region_label(region)
-            self._metrics.upstream_requests_total.labels(
-                provider=name, region=label, status=status
-            ).inc()
-            self._metrics.upstream_latency_seconds.labels(provider=name, region=label).observe(
-                max(0.0, self._clock() - started)
-            )
+            counter, latency = self._metrics.upstream_children(name, region_label(region), status)
+            counter.inc()
+            latency.observe(max(0.0, self._clock() - started))

@@ -46,6 +46,7 @@ class Metrics:
     # values are bounded (routes, methods, statuses, config names, codes).
     _http_children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _token_children: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
+    _upstream_children: dict[tuple[str, str, str], tuple[Any, Any]] = field(default_factory=dict)
 
     def http_children(self, route: str, method: str, status: int) -> tuple[Any, Any]:
         """The labelled HTTP counter and histogram (looked up once per label set)."""
@@ -57,6 +58,19 @@ class Metrics:
                 self.http_request_duration_seconds.labels(route, method),
             )
             self._http_children[key] = found
+        return found
+
+    def upstream_children(self, provider: str, region: str, status: str) -> tuple[Any, Any]:
+        """The labelled vendor-call counter and latency histogram."""
+        key = (provider, region, status)
+        found = self._upstream_children.get(key)
+        if found is None:
+            found = self._upstream_children[key] = (
+                self.upstream_requests_total.labels(
+                    provider=provider, region=region, status=status
+                ),
+                self.upstream_latency_seconds.labels(provider=provider, region=region),
+            )
         return found
 
     def token_counter(self, provider: str, embed: str, outcome: str, cache: str) -> Any:

@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, cast
@@ -194,8 +194,15 @@ async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
         return b"", False
     chunks: list[bytes] = []
     size = 0
-    try:
+    coding = response.headers.get("content-encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        # What we asked for (Accept-Encoding: identity): the transport's chunks as they
+        # are, without httpx's decoder and chunker layers.
+        raw = cast(AsyncIterable[bytes], response.stream)
+        chunk_stream = cast(AsyncGenerator[bytes, None], raw.__aiter__())
+    else:
         chunk_stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+    try:
         async with contextlib.aclosing(chunk_stream) as stream:
             async for chunk in stream:
                 size += len(chunk)
