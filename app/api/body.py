@@ -7,7 +7,7 @@ import functools
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from app.api.problems import describe_validation_errors
 from app.auth.tokenizer import StrictJsonError, loads_strict_json
@@ -26,14 +26,22 @@ async def read_body(request: Request) -> bytes:
                 raise RequestTooLarge()
         except ValueError:
             raise InvalidRequest("Content-Length is not a number") from None
+    # Straight from the ASGI receive channel (Starlette's stream() is a generator
+    # around the same loop); the body is read once, by this function only.
+    receive = request.receive
     chunks = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
             raise RequestTooLarge()
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json(raw: bytes) -> Any:
