@@ -72,7 +72,7 @@ class Profile:
 
 
 PROFILES = {
-    "full": Profile("full", 10, 2, 3, 5_000, 1_000, 500, 100_000, 300, 5, 1_000),
+    "full": Profile("full", 10, 2, 5, 5_000, 1_000, 500, 100_000, 300, 5, 1_000),
     "quick": Profile("quick", 3, 1, 3, 5_000, 1_000, 500, 100_000, 30, 3, 1_000),
     "smoke": Profile("smoke", 1, 0, 1, 300, 300, 500, 1_000, 2, 1, 1_000, load_probe_s=0.25),
 }
@@ -215,6 +215,7 @@ class Bench:
         self.broker: Child | None = None
         self._floor: Child | None = None
         self._naive: Child | None = None
+        self._forwarder: Child | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -319,6 +320,29 @@ class Bench:
                 },
             )
         return self._naive
+
+    def stop_naive(self) -> None:
+        """The naive broker keeps working through requests wrk gave up on (at 256
+        connections, for minutes): stop it before it loads the machine for later
+        scenarios."""
+        if self._naive is not None:
+            self.supervisor.stop(self._naive)
+            self._naive = None
+
+    def forwarder(self) -> Child:
+        """S3 context: bench/forwarder.py (the broker's transport, none of its work)."""
+        if self._forwarder is None:
+            self._forwarder = self._start_reference(
+                "forwarder",
+                "bench.forwarder:create_app",
+                {
+                    "FORWARD_VENDOR_URL": (
+                        f"{self.sandbox.url}/embeddable/eu/api/v1/security-token"
+                    ),
+                    "FORWARD_API_KEY": SANDBOX_EU_API_KEY,
+                },
+            )
+        return self._forwarder
 
     # --- the sandbox's control API ------------------------------------------------------
 

@@ -205,7 +205,11 @@ def render_markdown(document: dict[str, Any], results: Sequence[ScenarioResult])
         "fixed JSON token of the broker's response shape. **naive broker** "
         "(`bench/naive_broker.py`): verifies the JWT with a PEM string on every request "
         "(python-jose), builds the vendor body, calls the vendor with a new "
-        "`httpx.AsyncClient` per request, no cache.",
+        "`httpx.AsyncClient` per request, no cache. **bare forwarder** "
+        "(`bench/forwarder.py`, S3 context only, not a target): one fixed vendor request "
+        "per request over the broker's own transport, no JWT, policy, cache or logging: "
+        "what uvicorn, the transport, the sandbox and wrk cost on this machine before the "
+        "broker does any work.",
         "- The vendor is the sandbox (`token-broker sandbox`, Embeddable emulation) on the "
         "same machine; its latency faults add the 50 ms (S3) and 200 ms (S4).",
         f"- The bench policy (`bench/policy.py`) has one RS256 issuer with a static "

@@ -66,7 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated subset, e.g. S1,S3 (default: all)",
     )
     parser.add_argument("--duration", type=float, help="seconds per timed run (whole seconds)")
-    parser.add_argument("--pairs", type=int, help="A/B pairs per comparison (default 3)")
+    parser.add_argument("--pairs", type=int, help="A/B pairs per comparison (default 5; quick 3)")
     parser.add_argument("--soak", type=float, help="S5 soak seconds (default 300)")
     parser.add_argument("--fill", type=int, help="S5 distinct tokens to cache (default 100000)")
     parser.add_argument("--threads", type=int, help="wrk threads (default 1)")

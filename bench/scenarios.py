@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -347,7 +348,10 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
                     "naive": [r.as_dict() for r in naive_runs],
                 },
             }
+        bench.stop_naive()
+        forwarded = _forwarder_runs(bench, run_file, phases[0])
     finally:
+        bench.stop_naive()
         bench.clear_faults()
     low, high = phase_results[64], phase_results[256]
     p50_over = low["broker_p50_ms"] - S3_VENDOR_LATENCY_MS
@@ -366,6 +370,10 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
                 f"p99 +{low['naive_p99_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms"
                 if low["naive_rps"]
                 else "naive: no successful answer"
+            )
+            + (
+                f"; bare forwarder (context) p50 +{forwarded['p50_ms'] - S3_VENDOR_LATENCY_MS:.2f}"
+                f" ms, p99 +{forwarded['p99_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms"
             ),
             "—",
             latency_target,
@@ -389,6 +397,7 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
             "broker_p50_over_vendor_ms": round(p50_over, 3),
             "broker_p99_over_vendor_ms": round(p99_over, 3),
             "throughput_ratio_256": round(ratio, 3) if math.isfinite(ratio) else None,
+            "bare_forwarder_64": forwarded,
             "phases": {
                 str(conns): {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
                 for conns, r in phase_results.items()
@@ -396,6 +405,30 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
         },
         problems=problems,
     )
+
+
+def _forwarder_runs(bench: Bench, run_file: Path, connections: int) -> dict[str, Any]:
+    """The bare forwarder under S3's load, for context: what the machine costs before
+    the broker does anything (bench/forwarder.py)."""
+    forwarder = bench.forwarder()
+    bench.log(f"  S3 context: bare forwarder at {connections} connections")
+    if bench.profile.warmup_s > 0:
+        bench.rotating_run(forwarder, run_file, connections, duration_s=bench.profile.warmup_s)
+        wrk.pause()
+    runs = []
+    for number in range(bench.profile.pairs):
+        result = bench.rotating_run(forwarder, run_file, connections)
+        runs.append(result)
+        bench.log(
+            f"    forwarder run {number + 1}/{bench.profile.pairs}: {result.rps:>9,.0f} req/s  "
+            f"p50 {result.latency_ms('p50'):7.2f} ms  p99 {result.latency_ms('p99'):7.2f} ms"
+        )
+        wrk.pause()
+    return {
+        "rps": median(r.rps for r in runs),
+        "p50_ms": median(r.latency_ms("p50") for r in runs),
+        "p99_ms": median(r.latency_ms("p99") for r in runs),
+    }
 
 
 # --- S4 -------------------------------------------------------------------------------
