@@ -4,8 +4,8 @@ Every vendor and JWKS call goes through the one ``httpx.AsyncClient`` of the pro
 this module is the transport under it (httpx's documented extension point). Why not
 httpx's default transport: with httpcore, anyio and h11 a vendor call cost about
 400 µs of CPU here (a third of a cache miss; anyio cancel scopes and locks around every
-read and write, a pure-Python HTTP state machine); on this transport it costs about
-60 µs. Cache misses are the broker's slow path (performance.md S3), so that matters.
+read and write, a pure-Python HTTP state machine); on this transport it costs 65-80 µs,
+building the httpx.Request included. Cache misses are the broker's slow path (performance.md S3), so that matters.
 
 What it does:
 

@@ -1,6 +1,6 @@
 """``make bench``: run the performance.md scenarios and write bench/RESULTS.md.
 
-    python -m bench.run                      # everything, full length (~15 minutes)
+    python -m bench.run                      # everything, full length (~16 minutes)
     python -m bench.run --quick              # shorter runs and soak (~5 minutes)
     python -m bench.run --scenarios S1,S3    # a subset
     python -m bench.run --smoke --output-dir /tmp/x   # the test suite's end-to-end check
