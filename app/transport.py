@@ -1,11 +1,13 @@
 """The outbound HTTP transport: HTTP/1.1 on asyncio protocols, under httpx's client API.
 
-Every vendor and JWKS call goes through the one ``httpx.AsyncClient`` of the process;
-this module is the transport under it (httpx's documented extension point). Why not
-httpx's default transport: with httpcore, anyio and h11 a vendor call cost about
-400 µs of CPU here (a third of a cache miss; anyio cancel scopes and locks around every
-read and write, a pure-Python HTTP state machine); on this transport it costs 65-80 µs,
-building the httpx.Request included. Cache misses are the broker's slow path (performance.md S3), so that matters.
+The process has one of these (``app.runtime.vendor_transport``). JWKS fetches use it
+under the process's ``httpx.AsyncClient`` (httpx's documented extension point); vendor
+token calls hand it a prepared ``httpx.Request`` directly (``app.providers.http``:
+no cookies, redirects or auth flow to run). Why not httpx's default transport: with
+httpcore, anyio and h11 a vendor call cost about 400 µs of CPU here (a third of a cache
+miss; anyio cancel scopes and locks around every read and write, a pure-Python HTTP
+state machine); on this transport it costs 65-80 µs, building the httpx.Request
+included. Cache misses are the broker's slow path (performance.md S3), so that matters.
 
 What it does:
 
