@@ -254,7 +254,9 @@ def _vendor_error(
         code, message = extract_error(payload)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None, None
-    if code is not None and not _VENDOR_CODE_RE.fullmatch(code):
+    # A code is shown verbatim, so one that scrubbing would change (a vendor echoing
+    # the API key or a token in it) is dropped rather than partly redacted.
+    if code is not None and (not _VENDOR_CODE_RE.fullmatch(code) or context.scrub(code) != code):
         code = None
     if message is not None:
         message = context.scrub(message) or None

@@ -502,6 +502,40 @@ async def test_vendor_messages_are_scrubbed_everywhere(
     assert "bad key [redacted] for token [redacted]" in caught.value.message
 
 
+@both
+@pytest.mark.parametrize(
+    "code", [API_KEY, f"key:{API_KEY}", "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3"]
+)
+@pytest.mark.parametrize("status", [400, 500])
+async def test_a_vendor_code_carrying_a_secret_is_dropped(
+    build: Callable[[Handler], BaseProvider], code: str, status: int
+) -> None:
+    # Embeddable reads a top-level errorCode, Databrain error.code.
+    body = {"errorCode": code, "errorMessage": "nope", "error": {"code": code, "message": "nope"}}
+
+    with pytest.raises((ProviderRejected, ProviderServerError)) as caught:
+        await issue(build(answer(status, body)))
+
+    assert caught.value.vendor_code is None
+    broker = to_broker_error(caught.value)
+    shown = " ".join([str(caught.value), repr(caught.value), broker.detail])
+    shown += orjson.dumps(broker.problem("rid")).decode()
+    assert code not in shown
+    assert API_KEY not in shown
+
+
+@both
+async def test_an_ordinary_vendor_code_is_kept(build: Callable[[Handler], BaseProvider]) -> None:
+    code = "INVALID_REQUEST_BODY"
+    body = {"errorCode": code, "errorMessage": "nope", "error": {"code": code, "message": "nope"}}
+
+    with pytest.raises(ProviderRejected) as caught:
+        await issue(build(answer(400, body)))
+
+    assert caught.value.vendor_code == "INVALID_REQUEST_BODY"
+    assert "INVALID_REQUEST_BODY" in to_broker_error(caught.value).detail
+
+
 def test_scrub_caps_and_collapses() -> None:
     scrubbed = scrub_message("word " * 200 + "\x00\x1b[31m")
 
