@@ -11,6 +11,7 @@ from __future__ import annotations
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.asgi import route_path
 from app.errors import PROBLEM_CONTENT_TYPE, OriginNotAllowed
 
 BROWSER_PREFIX = "/v1/"
@@ -32,7 +33,7 @@ class DynamicCORSMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(BROWSER_PREFIX):
+        if scope["type"] != "http" or not route_path(scope).startswith(BROWSER_PREFIX):
             await self.app(scope, receive, send)
             return
         origin = _header(scope, b"origin")

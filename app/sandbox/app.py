@@ -35,6 +35,7 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
+from app.asgi import route_path
 from app.sandbox.asgi import (
     HTML,
     BodyTooLarge,
@@ -44,7 +45,6 @@ from app.sandbox.asgi import (
     read_body,
     respond,
     respond_json,
-    route_path,
 )
 from app.sandbox.faults import VENDORS, FaultBook, FaultRule, Vendor
 from app.sandbox.schemas import (

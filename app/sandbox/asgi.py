@@ -20,15 +20,6 @@ class BodyTooLarge(Exception):
     pass
 
 
-def route_path(scope: Scope) -> str:
-    """The path below any mount point (``root_path``)."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and path.startswith(root):
-        return path[len(root) :] or "/"
-    return path
-
-
 def header_values(scope: Scope, name: bytes) -> list[bytes]:
     return [value for key, value in scope["headers"] if key.lower() == name]
 
