@@ -2,8 +2,9 @@
 
 ``RequestContextMiddleware`` gives every request an id (echoed when sane, generated
 otherwise), sets it for logging, adds ``X-Request-ID`` to every response, counts the
-request in the HTTP metrics, and turns any exception that escaped the app into a bare
-``500 internal_error`` problem: the body says nothing but the request id.
+request in the HTTP metrics (a client that disconnects mid-body as 499), and turns any
+exception that escaped the app into a bare ``500 internal_error`` problem: the body says
+nothing but the request id.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 import time
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.errors import PROBLEM_CONTENT_TYPE, InternalError
@@ -29,14 +31,14 @@ SECURITY_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
 )
-_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._\-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}")
 _HEADER = b"x-request-id"
 
 
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == _HEADER:
-            if _SANE_REQUEST_ID.match(value):
+            if _SANE_REQUEST_ID.fullmatch(value):
                 return bytes(value).decode("ascii")
             break
     # Unique, not secret: it is echoed to clients and logged, and guards nothing.
@@ -75,6 +77,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except ClientDisconnect:
+            # Gone before its body arrived: nobody to answer and nothing broke, so no
+            # error log (SREs alert on those); 499 is nginx's code for it in the metrics.
+            status = 499
+            log.info("http.client_disconnected", extra={"path": loggable_path(scope["path"])})
         except Exception:
             log.exception("http.unhandled_error", extra={"path": loggable_path(scope["path"])})
             if not started:
