@@ -562,12 +562,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
-        idle = {id(c) for stack in self._idle.values() for c in stack}
+        idle = {connection for stack in self._idle.values() for connection in stack}
         connections = list(self._open)
         self._open.clear()
         self._idle.clear()
         for connection in connections:
-            if id(connection) in idle:
+            if connection in idle:
                 connection.close_idle()
             else:
                 connection.close()

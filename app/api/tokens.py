@@ -74,10 +74,6 @@ class JsonResponse(Response):
         self.raw_headers = raw
 
 
-def _json(body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:
-    return JsonResponse(body, headers)
-
-
 @functools.lru_cache(maxsize=8192)
 def _rfc3339(whole_seconds: int) -> str:
     return dt.datetime.fromtimestamp(whole_seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -94,7 +90,7 @@ def _token_response(grant: Grant) -> Response:
         "expires_in": expires_in,
         "element": {"tag": grant.element.tag, "attributes": dict(grant.element.attributes)},
     }
-    return _json(body, rate_limit_headers(grant.rate))
+    return JsonResponse(body, rate_limit_headers(grant.rate))
 
 
 async def _session_user(request: Request, active: ActivePolicy) -> Any:
@@ -163,7 +159,7 @@ async def list_embeds(request: Request) -> Response:
         {"name": rule.name, "title": rule.title, "provider": rule.provider_type}
         for rule in active.policy.embeds_for(user, chosen)
     ]
-    return _json({"tenant": chosen, "embeds": embeds})
+    return JsonResponse({"tenant": chosen, "embeds": embeds})
 
 
 def _service_for(request: Request, active: ActivePolicy) -> tuple[str, ServiceConfig]:
