@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import orjson
 
+from app.sandbox.asgi import respond
 from app.transport import LeanTransport
 
 BODY = {
@@ -61,7 +62,7 @@ class Forwarder:
         while (await receive()).get("more_body"):
             pass
         if scope["method"] != "POST":
-            await self._answer(send, 200, b"{}")
+            await respond(send, 200, b"{}")
             return
         assert self.transport is not None
         request = httpx.Request(
@@ -77,23 +78,9 @@ class Forwarder:
         finally:
             await response.aclose()
         if response.status_code != 200:
-            await self._answer(send, 502, b'{"code":"upstream_error"}')
+            await respond(send, 502, b'{"code":"upstream_error"}')
             return
-        await self._answer(send, 200, orjson.dumps({"token": orjson.loads(raw)["token"]}))
-
-    @staticmethod
-    async def _answer(send: Any, status: int, body: bytes) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200, orjson.dumps({"token": orjson.loads(raw)["token"]}))
 
 
 def create_app() -> Forwarder:

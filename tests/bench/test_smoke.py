@@ -114,6 +114,8 @@ def test_throughput_scenarios_compare_against_their_reference(smoke_run: SmokeRu
     assert set(s3_phases) == {"64", "256"}
     for phase in s3_phases.values():
         assert len(phase["runs"]["broker"]) == len(phase["runs"]["naive"]) >= 1
+    # The S3 context row: the bare forwarder answered (throughput counts 200s only).
+    assert scenarios["S3"]["bare_forwarder_64"]["rps"] > 0
 
 
 def test_thundering_herd_makes_exactly_one_vendor_call(smoke_run: SmokeRun) -> None:
