@@ -19,7 +19,9 @@ import uvicorn
 
 from app.auth import mint_dev_token
 from app.config.loader import ConfigError, load_policy_file
+from app.main import create_app
 from app.observability.logging import configure_logging, logging_config
+from app.sandbox import create_sandbox_app
 from app.settings import Settings
 
 DEMO_CONFIG = Path("config/demo.yaml")
@@ -72,8 +74,6 @@ def _server(app: Any, port: int) -> uvicorn.Server:
 
 
 async def _serve(broker_port: int, sandbox_port: int, config_path: Path) -> None:
-    from app.main import create_app
-    from app.sandbox import create_sandbox_app
 
     settings = Settings(config=config_path, port=broker_port, log_format="console")
     sandbox = _server(create_sandbox_app(), sandbox_port)

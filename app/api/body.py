@@ -10,8 +10,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 
 from app.api.problems import describe_validation_errors
-from app.auth.tokenizer import StrictJsonError, loads_strict_json
 from app.errors import InvalidRequest, RequestTooLarge
+from app.strict_json import StrictJsonError, loads_strict_json
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_DEPTH = 16

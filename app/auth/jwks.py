@@ -27,9 +27,9 @@ from typing import Final
 
 import httpx
 
-from app.auth.keys import KeyProblem, VerificationKey, key_from_jwk
-from app.auth.tokenizer import StrictJsonError, loads_strict_json
+from app.jose_keys import KeyProblem, VerificationKey, key_from_jwk
 from app.observability.metrics import Metrics
+from app.strict_json import StrictJsonError, loads_strict_json
 
 log = logging.getLogger("token_broker.auth.jwks")
 

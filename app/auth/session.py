@@ -31,24 +31,20 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from app.auth.jwks import JwksSource, JwksStore, KeySet
-from app.auth.keys import (
+from app.auth.tokenizer import UnverifiedToken, parse_compact_jws
+from app.config.models import ClaimsConfig, IssuerConfig, SessionConfig
+from app.config.templates import lookup_path
+from app.errors import InvalidSession, SessionExpired
+from app.jose_keys import (
+    HMAC_ALGORITHMS,
     MAX_KID_CHARS,
+    SUPPORTED_ALGORITHMS,
     HmacKey,
     KeyProblem,
     VerificationKey,
     key_from_pem,
+    pem_key_problem,
 )
-from app.auth.tokenizer import UnverifiedToken, parse_compact_jws
-from app.config.loader import public_key_problem
-from app.config.models import (
-    HMAC_ALGORITHMS,
-    SUPPORTED_ALGORITHMS,
-    ClaimsConfig,
-    IssuerConfig,
-    SessionConfig,
-)
-from app.config.templates import lookup_path
-from app.errors import InvalidSession, SessionExpired
 from app.observability.metrics import Metrics
 
 log = logging.getLogger("token_broker.auth")
@@ -172,7 +168,7 @@ class _TrustedIssuer:
                     raise ValueError(f"issuer {self.name!r}: HS* algorithms need a secret")
                 self.hmac = HmacKey(config.secret, config.algorithms)
             elif config.public_key is not None:
-                problem = public_key_problem(config)
+                problem = pem_key_problem(config.public_key, config.algorithms)
                 if problem is not None:
                     raise ValueError(f"issuer {self.name!r}: public_key: {problem}")
                 self.static_key = key_from_pem(config.public_key)

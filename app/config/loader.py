@@ -18,13 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from app.config.interpolation import interpolate_tree
-from app.config.models import (
-    HMAC_ALGORITHMS,
-    MIN_HMAC_SECRET_BYTES,
-    EmbedConfig,
-    IssuerConfig,
-    PolicyConfig,
-)
+from app.config.models import EmbedConfig, PolicyConfig
 from app.config.templates import (
     Missing,
     Reference,
@@ -34,6 +28,7 @@ from app.config.templates import (
     lookup_path,
     render,
 )
+from app.jose_keys import HMAC_ALGORITHMS, HMAC_DIGEST_BYTES, pem_key_problem
 from app.providers.base import BROKER_OWNED_FIELDS
 from app.providers.registry import provider_class
 
@@ -220,7 +215,7 @@ def _check_issuers(policy: PolicyConfig) -> Iterable[ConfigIssue]:
             if issuer.secret is None:
                 yield ConfigIssue(f"{where}.secret", "HS* algorithms need a secret")
             else:
-                needed = max(MIN_HMAC_SECRET_BYTES[alg] for alg in hmac)
+                needed = max(HMAC_DIGEST_BYTES[alg] for alg in hmac)
                 if len(issuer.secret.get_secret_value().encode()) < needed:
                     yield ConfigIssue(
                         f"{where}.secret",
@@ -236,29 +231,9 @@ def _check_issuers(policy: PolicyConfig) -> Iterable[ConfigIssue]:
                     where, "RS*/ES* algorithms need exactly one of jwks_url or public_key"
                 )
             elif issuer.public_key is not None:
-                reason = public_key_problem(issuer)
+                reason = pem_key_problem(issuer.public_key, issuer.algorithms)
                 if reason:
                     yield ConfigIssue(f"{where}.public_key", reason)
-
-
-def public_key_problem(issuer: IssuerConfig) -> str | None:
-    """Why a static PEM public key does not fit the issuer's algorithms, or None."""
-    assert issuer.public_key is not None
-    # The same parser the verifier builds its key with (app.auth imports this module,
-    # hence the late import).
-    from app.auth.keys import KeyProblem, key_from_pem
-
-    try:
-        key = key_from_pem(issuer.public_key)
-    except KeyProblem as exc:
-        return str(exc)
-    family = "RS" if key.kty == "RSA" else "ES"
-    if not all(alg.startswith(family) for alg in issuer.algorithms):
-        return f"an {key.kty} key fits only {family}* algorithms"
-    wrong = sorted(alg for alg in issuer.algorithms if not key.fits(alg))
-    if wrong:
-        return f"curve {key.crv} does not fit {', '.join(wrong)}"
-    return None
 
 
 def _check_roles(policy: PolicyConfig) -> Iterable[ConfigIssue]:

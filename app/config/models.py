@@ -21,15 +21,9 @@ from pydantic import (
     field_validator,
 )
 
+from app.jose_keys import HMAC_ALGORITHMS, SUPPORTED_ALGORITHMS
 from app.providers.base import LOOPBACK_HOSTS, EmbedElementConfig
 from app.providers.registry import ProviderConfig
-
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512"})
-EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
-SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | EC_ALGORITHMS
-# RFC 7518 3.2: an HMAC key at least as long as the hash (config.md: at least 32).
-MIN_HMAC_SECRET_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 
 _LIMIT = re.compile(r"^\s*([1-9][0-9]{0,8})\s*/\s*(second|minute|hour|day)\s*$")
 Name = Annotated[

@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from app.asgi import route_path
+from app.observability.logging import configure_logging, logging_config
 from app.sandbox.asgi import (
     HTML,
     BodyTooLarge,
@@ -410,8 +411,6 @@ def run_sandbox(
 ) -> None:
     """Serve the sandbox with uvicorn until interrupted (``token-broker sandbox``)."""
     import uvicorn
-
-    from app.observability.logging import configure_logging, logging_config
 
     settings = settings if settings is not None else SandboxSettings()
     configure_logging(settings.log_level, settings.log_format)

@@ -16,7 +16,7 @@ from app.auth.jwks import (
     max_age_of,
     parse_jwks,
 )
-from app.auth.keys import HmacKey, KeyProblem, key_from_jwk, key_from_pem
+from app.jose_keys import HmacKey, KeyProblem, key_from_jwk, key_from_pem
 from tests.auth.keys import b64url, ec_key, jwks_document, rsa_key
 
 

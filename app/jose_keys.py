@@ -1,4 +1,8 @@
-"""Verification keys, chosen and built by the broker, never by the token.
+"""JOSE signature keys and algorithms, chosen and built by the broker, never by the token.
+
+A leaf module (cryptography and python-jose only): the config loader uses it to
+reject an unusable ``public_key`` at load, the session verifier to build its keys,
+so neither package has to import the other.
 
 python-jose picks a key class from the token header and tries every key of a JWKS when
 given one; both are how key-confusion attacks work. So the broker validates each
@@ -14,7 +18,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -23,8 +27,10 @@ from jose import jwk
 from jose.exceptions import JWKError
 from pydantic import SecretStr
 
-from app.config.models import EC_ALGORITHMS, HMAC_ALGORITHMS, RSA_ALGORITHMS
-
+HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
+RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512"})
+EC_ALGORITHMS: Final = frozenset({"ES256", "ES384", "ES512"})
+SUPPORTED_ALGORITHMS: Final = HMAC_ALGORITHMS | RSA_ALGORITHMS | EC_ALGORITHMS
 JWK_CURVE_FOR_ALG: Final = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 _EC_CURVES: Final[dict[str, tuple[type[ec.EllipticCurve], int]]] = {
     "P-256": (ec.SECP256R1, 32),
@@ -37,6 +43,7 @@ _JWK_CURVE_FOR_CRYPTOGRAPHY: Final = {
     "secp521r1": "P-521",
 }
 HMAC_DIGEST_BYTES: Final = {"HS256": 32, "HS384": 48, "HS512": 64}
+"""Also the shortest secret accepted (RFC 7518 3.2: a key at least as long as the hash)."""
 MIN_RSA_BITS: Final = 2048
 MAX_RSA_BITS: Final = 8192  # a bigger modulus only makes every verification slower
 MAX_KID_CHARS: Final = 256
@@ -202,6 +209,22 @@ def key_from_pem(pem: str) -> VerificationKey:
         point = public.public_numbers()
         return _ec_key(crv, point.x, point.y, kid=None, alg=None)
     raise KeyProblem("only RSA and EC public keys are supported")
+
+
+def pem_key_problem(pem: str, algorithms: Iterable[str]) -> str | None:
+    """Why a static PEM public key cannot verify ``algorithms``, or None when it can."""
+    try:
+        key = key_from_pem(pem)
+    except KeyProblem as exc:
+        return str(exc)
+    family = "RS" if key.kty == "RSA" else "ES"
+    algorithms = list(algorithms)
+    if not all(alg.startswith(family) for alg in algorithms):
+        return f"an {key.kty} key fits only {family}* algorithms"
+    wrong = sorted(alg for alg in algorithms if not key.fits(alg))
+    if wrong:
+        return f"curve {key.crv} does not fit {', '.join(wrong)}"
+    return None
 
 
 class HmacKey:
