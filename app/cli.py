@@ -65,11 +65,17 @@ def summarize(config: PolicyConfig) -> str:
     for name, provider in config.providers.items():
         regions = provider.region_names()
         where = f"; regions {', '.join(sorted(regions))}" if regions else ""
-        lines.append(f"  {name} ({provider.type}{where})")
+        lenient = "; allow_unknown_fields" if provider.allow_unknown_fields else ""
+        lines.append(f"  {name} ({provider.type}{where}{lenient})")
     lines.append(f"embeds ({len(config.embeds)}):")
     lines.extend(f"  {name} -> {embed.provider}" for name, embed in config.embeds.items())
     if config.services:
         lines.append(f"services ({len(config.services)}): {', '.join(config.services)}")
+    if config.forwarded_unknown_fields:
+        lines.append(
+            "warning: unknown request fields, forwarded as written (allow_unknown_fields):"
+        )
+        lines.extend(f"  {path}" for path in config.forwarded_unknown_fields)
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ once) sees either the old policy or the new one, never a mix.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from app.state.cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from app.state.ratelimit import RateLimiter
 from app.state.redis import RedisHealth
 from app.transport import LeanTransport, NoCookies
+
+log = logging.getLogger("token_broker.runtime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,12 @@ class Runtime:
 
     async def build(self, config: PolicyConfig) -> ActivePolicy:
         """Everything a policy file implies; started, but not yet in force."""
+        if config.forwarded_unknown_fields:
+            # Once per load: these reach the vendor unchecked (allow_unknown_fields).
+            log.warning(
+                "config.unknown_fields_forwarded",
+                extra={"fields": list(config.forwarded_unknown_fields)},
+            )
         verifier = SessionVerifier(config.session, self.jwks, metrics=self.metrics)
         await verifier.start()
         providers = {

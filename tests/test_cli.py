@@ -33,6 +33,23 @@ def test_check_config_valid_prints_a_summary_without_secrets(tmp_path: Path) -> 
         assert secret not in result.stdout + result.stderr
 
 
+def test_check_config_lists_request_fields_forwarded_unchecked(tmp_path: Path) -> None:
+    document = base_policy()
+    document["providers"]["databrain"]["allow_unknown_fields"] = True
+    document["embeds"]["ops-dashboard"]["request"]["params"]["newParam"] = "{user.id}"
+    path = write_policy(tmp_path, document)
+
+    result = run_cli("check-config", str(path), env=BASE_ENV)
+
+    assert result.returncode == 0, result.stderr
+    assert "  databrain (databrain; allow_unknown_fields)\n" in result.stdout
+    assert "  embeddable (embeddable; regions eu, us)\n" in result.stdout
+    assert result.stdout.endswith(
+        "warning: unknown request fields, forwarded as written (allow_unknown_fields):\n"
+        "  embeds.ops-dashboard.request.params.newParam\n"
+    )
+
+
 def test_check_config_invalid_exits_1_with_path_and_reason(tmp_path: Path) -> None:
     document = base_policy()
     document["embeds"]["sales-overview"]["allow"]["tenant"] = ["acme"]

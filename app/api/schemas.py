@@ -35,6 +35,12 @@ class InternalTokenRequest(StrictBody):
 class ElementOut(BaseModel):
     tag: str = Field(examples=["em-beddable"])
     attributes: dict[str, str] = Field(examples=[{"base-url": "https://api.eu.embeddable.com/"}])
+    script: str | None = Field(
+        default=None,
+        description="URL of the vendor's loader script that defines the element for this "
+        "region; absent when the provider has none (load the vendor's npm package instead)",
+        examples=["https://embed.embeddable.com/js/v1/?region=EU"],
+    )
 
 
 class TokenResponse(BaseModel):

@@ -31,6 +31,7 @@ from app.config.models import ServiceConfig
 from app.errors import InvalidRequest, InvalidServiceKey
 from app.issuance import Grant, rate_limit_headers
 from app.policy import ServiceUser
+from app.providers.base import Element
 from app.runtime import ActivePolicy, Runtime
 
 router = APIRouter(route_class=LeanRoute)
@@ -79,6 +80,13 @@ def _rfc3339(whole_seconds: int) -> str:
     return dt.datetime.fromtimestamp(whole_seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _element(element: Element) -> dict[str, Any]:
+    described: dict[str, Any] = {"tag": element.tag, "attributes": dict(element.attributes)}
+    if element.script is not None:
+        described["script"] = element.script
+    return described
+
+
 def _token_response(grant: Grant) -> Response:
     expires_in = max(0, math.floor(grant.expires_at - time.time()))
     body = {
@@ -88,7 +96,7 @@ def _token_response(grant: Grant) -> Response:
         "tenant": grant.tenant,
         "expires_at": _rfc3339(int(grant.expires_at)),
         "expires_in": expires_in,
-        "element": {"tag": grant.element.tag, "attributes": dict(grant.element.attributes)},
+        "element": _element(grant.element),
     }
     return JsonResponse(body, rate_limit_headers(grant.rate))
 

@@ -159,9 +159,11 @@ def load_policy_document(
         policy = PolicyConfig.model_validate(interpolated)
     except ValidationError as exc:
         raise ConfigError(source, _pydantic_issues(exc, interpolated)) from None
-    issues = list(check_policy(policy))
+    forwarded: list[str] = []
+    issues = list(check_policy(policy, forwarded))
     if issues:
         raise ConfigError(source, issues)
+    policy._forwarded_unknown_fields = tuple(dict.fromkeys(forwarded))
     return policy
 
 
@@ -187,10 +189,12 @@ def _pydantic_issues(exc: ValidationError, document: Mapping[str, Any]) -> list[
 # --- cross-checks ---------------------------------------------------------------------
 
 
-def check_policy(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+def check_policy(policy: PolicyConfig, forwarded: list[str] | None = None) -> Iterable[ConfigIssue]:
+    """Every cross-reference problem. ``forwarded`` collects the YAML paths of request
+    fields let through by a provider's ``allow_unknown_fields``."""
     yield from _check_issuers(policy)
     yield from _check_roles(policy)
-    yield from _check_embeds(policy)
+    yield from _check_embeds(policy, [] if forwarded is None else forwarded)
     yield from _check_services(policy)
 
 
@@ -254,7 +258,7 @@ def _owned_field_reason(field: str) -> str:
     return f"{field} is set by the broker from token_ttl_seconds; remove it"
 
 
-def _check_embeds(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+def _check_embeds(policy: PolicyConfig, forwarded: list[str]) -> Iterable[ConfigIssue]:
     for name, embed in policy.embeds.items():
         where: YamlPath = ("embeds", name)
         provider_config = policy.providers.get(embed.provider)
@@ -295,7 +299,14 @@ def _check_embeds(policy: PolicyConfig) -> Iterable[ConfigIssue]:
         if role_additions is None:
             continue  # reported by _check_roles
         yield from _check_rendered(
-            policy, name, embed, compiled, role_additions, tenant_ids, factory
+            policy,
+            name,
+            embed,
+            compiled,
+            role_additions,
+            tenant_ids,
+            factory,
+            forwarded if provider_config.allow_unknown_fields else None,
         )
 
 
@@ -350,7 +361,9 @@ def _check_rendered(
     role_additions: list[tuple[str, Any]],
     tenant_ids: list[str],
     factory: Any,
+    forwarded: list[str] | None,
 ) -> Iterable[ConfigIssue]:
+    """``forwarded`` is None when the provider is strict, else where unknown fields go."""
     request_path = ("embeds", name, "request")
     for tenant_id in tenant_ids:
         tenant = policy.tenants[tenant_id]
@@ -372,9 +385,11 @@ def _check_rendered(
             ("", [compiled]),
             (" with every role's additions", [compiled, *every_role]),
         ):
-            problem = _render_and_validate(
-                trees, tenant_id, tenant.region, tenant.attributes, name, factory
+            problem, unknown = _render_and_validate(
+                trees, tenant_id, tenant.region, tenant.attributes, name, factory, forwarded
             )
+            if forwarded is not None:
+                forwarded.extend(f"{format_path(request_path)}.{field}" for field in unknown)
             if problem:
                 yield ConfigIssue(
                     format_path(request_path),
@@ -391,9 +406,12 @@ def _render_and_validate(
     attributes: Mapping[str, Any],
     embed_name: str,
     factory: Any,
-) -> str | None:
+    forwarded: list[str] | None,
+) -> tuple[str | None, tuple[str, ...]]:
     """Render the request and role additions (merged after rendering, as at request
-    time) with placeholder user values and validate the body against the vendor model."""
+    time) with placeholder user values and validate the body against the vendor model.
+
+    Returns the first problem (None when valid) and the unknown fields let through."""
     first_problem: str | None = None
     # A claim's JSON type is unknown at load: accept the body if it validates with the
     # claim as a string or as a list of strings.
@@ -419,12 +437,12 @@ def _render_and_validate(
             body = render(trees[0], resolve)
             for additions in trees[1:]:
                 body = deep_merge(body, render(additions, resolve))
-            factory.validate_request(body)
+            unknown = factory.validate_request(body, allow_unknown_fields=forwarded is not None)
         except (ValueError, TypeError, Missing) as exc:
             first_problem = first_problem or str(exc)
             continue
-        return None
-    return first_problem
+        return None, unknown
+    return first_problem, ()
 
 
 def _check_services(policy: PolicyConfig) -> Iterable[ConfigIssue]:

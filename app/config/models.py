@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     StringConstraints,
     field_validator,
@@ -166,6 +167,15 @@ class PolicyConfig(StrictModel):
     services: dict[Name, ServiceConfig] = Field(default_factory=dict)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    # Set by the loader: request fields forwarded unchecked under allow_unknown_fields.
+    _forwarded_unknown_fields: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def forwarded_unknown_fields(self) -> tuple[str, ...]:
+        """YAML paths of embed request fields no request model knows, forwarded as
+        written because their provider sets ``allow_unknown_fields`` (listed at load)."""
+        return self._forwarded_unknown_fields
 
     def secrets(self) -> list[SecretStr]:
         """Every secret value in the policy (for scrubbing and leak tests)."""

@@ -47,6 +47,9 @@ class ProviderConfigBase(StrictModel):
     """Deadline for one token call, retries included."""
     max_concurrency: int = Field(default=64, ge=1, le=10_000)
     """Vendor calls in flight at once for this provider; beyond it calls wait, then 503."""
+    allow_unknown_fields: bool = False
+    """Forward request fields the broker's model does not know yet (templated, listed
+    at load) instead of refusing the policy. Strict by default: a typo must not pass."""
 
     def region_names(self) -> frozenset[str] | None:
         """The regions this provider serves, or None when it is not region-based."""
@@ -68,10 +71,15 @@ class IssuedToken:
 
 @dataclass(frozen=True, slots=True)
 class Element:
-    """The web component the front end renders, and its attributes besides ``token``."""
+    """The web component the front end renders, and its attributes besides ``token``.
+
+    ``script`` is the URL of the vendor's loader that defines the component, when the
+    provider knows one (the front end may also bundle the vendor's npm package instead).
+    """
 
     tag: str
     attributes: Mapping[str, str]
+    script: str | None = None
 
 
 class EmbedElementConfig(StrictModel):
@@ -88,8 +96,11 @@ class TokenProvider(Protocol):
     name: str
 
     @classmethod
-    def validate_request(cls, body: Mapping[str, Any]) -> None:
-        """Raise ValueError naming the field when ``body`` (without expiry) is not valid."""
+    def validate_request(
+        cls, body: Mapping[str, Any], *, allow_unknown_fields: bool = False
+    ) -> tuple[str, ...]:
+        """Raise ValueError naming the field when ``body`` (without expiry) is not valid;
+        return the unknown fields let through (only with ``allow_unknown_fields``)."""
         ...
 
     @classmethod
@@ -123,7 +134,9 @@ class BaseProvider(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def validate_request(cls, body: Mapping[str, Any]) -> None: ...
+    def validate_request(
+        cls, body: Mapping[str, Any], *, allow_unknown_fields: bool = False
+    ) -> tuple[str, ...]: ...
 
     @classmethod
     @abc.abstractmethod

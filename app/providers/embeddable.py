@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 
 import httpx
 import orjson
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from app.providers.base import (
     BaseProvider,
@@ -30,10 +30,12 @@ from app.providers.base import (
 from app.providers.http import (
     post_json,
     raise_for_failure,
+    refused_credential,
     require_positive_ttl,
     short_string,
     token_from_body,
 )
+from app.providers.validation import validate_body
 
 log = logging.getLogger("token_broker.providers.embeddable")
 
@@ -43,13 +45,31 @@ DEFAULT_REGION_BASE_URLS: Mapping[str, str] = {
     "us": "https://api.us.embeddable.com",
     "eu": "https://api.eu.embeddable.com",
 }
+DEFAULT_REGION_SCRIPT_URLS: Mapping[str, str] = {
+    "us": "https://embed.embeddable.com/js/v1/?region=US",
+    "eu": "https://embed.embeddable.com/js/v1/?region=EU",
+}
+"""The loader script that defines ``<em-beddable>`` for the region (element.script)."""
 ELEMENT_TAG = "em-beddable"
+VALUELESS_OPERATORS = frozenset({"set", "notSet"})
+"""Filter operators that test whether a member has a value: they must not send ``values``."""
+LEGACY_CANVAS_STATE = "dashboardState"
+CANVAS_STATE = "customCanvasState"
+"""Embeddable renamed ``dashboardState``; policies may use either, the vendor gets this."""
 
 
 class EmbeddableRegionConfig(StrictModel):
     api_key: SecretStr = Field(min_length=1)
     base_url: VendorUrl | None = None
     """Defaults to https://api.<region>.embeddable.com for us and eu."""
+    script_url: VendorUrl | None = None
+    """The region's component loader, given to the front end as element.script. Defaults
+    to Embeddable's loader for us and eu; ``null`` sends none (a bundled loader)."""
+
+    def script(self, region: str) -> str | None:
+        if "script_url" in self.model_fields_set:
+            return None if self.script_url is None else str(self.script_url)
+        return DEFAULT_REGION_SCRIPT_URLS.get(region)
 
 
 class EmbeddableConfig(ProviderConfigBase):
@@ -88,9 +108,21 @@ class EmbeddableConfig(ProviderConfigBase):
 
 
 class EmbeddableFilter(StrictModel):
-    member: str
-    operator: str
-    values: list[Any]
+    """``{member, operator, values}``; ``set``/``notSet`` test presence and take no values."""
+
+    member: str = Field(min_length=1)
+    operator: str = Field(min_length=1)
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _values_fit_the_operator(self) -> EmbeddableFilter:
+        written = "values" in self.model_fields_set
+        if self.operator in VALUELESS_OPERATORS:
+            if written:
+                raise ValueError(f"operator {self.operator!r} takes no values; remove values")
+        elif not written or self.values is None:
+            raise ValueError(f"operator {self.operator!r} needs values (a list)")
+        return self
 
 
 class EmbeddableRequest(StrictModel):
@@ -134,11 +166,10 @@ class EmbeddableProvider(BaseProvider):
         return f"EmbeddableProvider(name={self.name!r}, regions={sorted(self.config.regions)!r})"
 
     @classmethod
-    def validate_request(cls, body: Mapping[str, Any]) -> None:
-        try:
-            EmbeddableRequest.model_validate(body)
-        except ValidationError as exc:
-            raise ValueError(_first_error(exc)) from None
+    def validate_request(
+        cls, body: Mapping[str, Any], *, allow_unknown_fields: bool = False
+    ) -> tuple[str, ...]:
+        return validate_body(EmbeddableRequest, body, allow_unknown_fields=allow_unknown_fields)
 
     @classmethod
     def validate_element(cls, element: EmbedElementConfig | None) -> None:
@@ -156,7 +187,7 @@ class EmbeddableProvider(BaseProvider):
         context = endpoint.context
         started = time.time()
         response = await post_json(self._transport, endpoint, vendor_body(body, ttl_seconds))
-        raise_for_failure(response, context, error_fields)
+        raise_for_failure(response, context, error_fields, refused_credential)
         token = token_from_body(response, context)
         expires_at = started + ttl_seconds
         token_exp = unverified_exp(token)
@@ -180,7 +211,9 @@ class EmbeddableProvider(BaseProvider):
         if found is None:  # the same for every token of a region: built once
             base_url = self.config.base_url(name) + "/"
             found = self._elements[name] = Element(
-                ELEMENT_TAG, MappingProxyType({"base-url": base_url})
+                ELEMENT_TAG,
+                MappingProxyType({"base-url": base_url}),
+                self.config.regions[name].script(name),
             )
         return found
 
@@ -197,8 +230,12 @@ def vendor_body(body: Mapping[str, Any], ttl_seconds: int) -> dict[str, Any]:
     """The security-token request as sent: config body, defaults, and the broker's expiry.
 
     Fields left as null are dropped: the vendor documents them as strings, lists, ...
+    ``dashboardState`` (the field's old name) is sent as ``customCanvasState``.
     """
     sent = {key: value for key, value in body.items() if value is not None}
+    legacy = sent.pop(LEGACY_CANVAS_STATE, None)
+    if legacy is not None:
+        sent.setdefault(CANVAS_STATE, legacy)
     sent.setdefault("savedVersion", "production")
     sent.setdefault("securityContext", {})
     sent["expiryInSeconds"] = ttl_seconds
@@ -238,12 +275,3 @@ def unverified_exp(token: str) -> float | None:
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         return None
     return float(exp)
-
-
-def _first_error(exc: ValidationError) -> str:
-    """Field path and reason of a request-model error, without echoing input values."""
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)

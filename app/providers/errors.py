@@ -12,8 +12,9 @@ between *technical* failures (the call may work if tried again) and *logical* on
     │   ├── ProviderRateLimited         429                      (retry_after_seconds)
     │   └── ProviderUnavailable         broker-side: circuit open, too many calls in flight
     └── LogicalError                not retryable
-        ├── ProviderRejected            4xx other than 401/403/429 (status, vendor_code)
-        ├── ProviderAuthFailed          401/403: the API key was refused
+        ├── ProviderRejected            any other 4xx but 429: the body was refused (status, vendor_code)
+        ├── ProviderAuthFailed          the vendor's credential error: the API key was refused
+        │                               (Embeddable 401; Databrain AUTHENTICATION_ERROR, ...)
         └── ProviderBadResponse         2xx without a usable token
 
 Messages are short and scrubbed: never an API key, a token, or a raw vendor body.
@@ -107,10 +108,17 @@ class ProviderRejected(LogicalError):
 
 class ProviderAuthFailed(LogicalError):
     def __init__(
-        self, message: str, *, provider: str, region: str | None = None, status: int
+        self,
+        message: str,
+        *,
+        provider: str,
+        region: str | None = None,
+        status: int,
+        vendor_code: str | None = None,
     ) -> None:
         super().__init__(message, provider=provider, region=region)
         self.status = status
+        self.vendor_code = vendor_code
 
 
 class ProviderBadResponse(LogicalError):

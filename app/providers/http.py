@@ -58,6 +58,13 @@ REDACTED = "[redacted]"
 
 ErrorExtractor = Callable[[Any], tuple[str | None, str | None]]
 """Parsed JSON error body → (vendor code, vendor message); either may be None."""
+CredentialCheck = Callable[[int, str | None], bool]
+"""(4xx status, vendor code) → whether the vendor refused the broker's own credential."""
+
+
+def refused_credential(status: int, code: str | None) -> bool:
+    """HTTP's meaning: 401 is about credentials; 403 and the rest are about the request."""
+    return status == 401
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,9 +222,17 @@ async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
 
 
 def raise_for_failure(
-    response: VendorResponse, context: CallContext, extract_error: ErrorExtractor
+    response: VendorResponse,
+    context: CallContext,
+    extract_error: ErrorExtractor,
+    is_credential_error: CredentialCheck = refused_credential,
 ) -> None:
-    """Raise the ProviderError for any non-2xx answer; return for 2xx."""
+    """Raise the ProviderError for any non-2xx answer; return for 2xx.
+
+    Only what ``is_credential_error`` (the vendor's own rule) calls a credential error
+    is ProviderAuthFailed: operators rotate keys on it, so a body problem must not
+    look like one.
+    """
     status = response.status
     if 200 <= status < 300:
         return
@@ -231,8 +246,10 @@ def raise_for_failure(
             region=region,
             retry_after_seconds=parse_retry_after(response.headers.get("retry-after")),
         )
-    if status in (401, 403):
-        raise ProviderAuthFailed(described, provider=provider, region=region, status=status)
+    if 400 <= status < 500 and is_credential_error(status, code):
+        raise ProviderAuthFailed(
+            described, provider=provider, region=region, status=status, vendor_code=code
+        )
     if 400 <= status < 500:
         raise ProviderRejected(
             described, provider=provider, region=region, status=status, vendor_code=code

@@ -43,7 +43,10 @@ def to_broker_error(exc: ProviderError) -> UpstreamError:
             upstream_code=exc.vendor_code,
         )
     if isinstance(exc, ProviderAuthFailed):
-        return UpstreamAuthFailed(f"{vendor} rejected the broker's API key (HTTP {exc.status})")
+        # Only the vendor's credential errors get here (providers decide): the operator
+        # is told to look at the key, and by its code whether it is wrong or expired.
+        answer = f"HTTP {exc.status}" + (f" {exc.vendor_code}" if exc.vendor_code else "")
+        return UpstreamAuthFailed(f"{vendor} rejected the broker's API key ({answer})")
     if isinstance(exc, ProviderBadResponse):
         return UpstreamBadResponse(f"{vendor}: {exc.message}")
     if isinstance(exc, ProviderTimeout):

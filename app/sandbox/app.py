@@ -87,11 +87,9 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
-def embeddable_error(message: str, code: str | None = None) -> bytes:
-    payload: dict[str, str] = {"errorMessage": message}
-    if code is not None:
-        payload["errorCode"] = code
-    return orjson.dumps(payload)
+def embeddable_error(message: str) -> bytes:
+    """Embeddable documents no error shape; its official samples read ``errorMessage``."""
+    return orjson.dumps({"errorMessage": message})
 
 
 def databrain_error(code: str, message: str) -> bytes:
@@ -100,7 +98,7 @@ def databrain_error(code: str, message: str) -> bytes:
 
 def vendor_error(vendor: Vendor, status: int, message: str, code: str | None = None) -> bytes:
     if vendor == "embeddable":
-        return embeddable_error(message, code)
+        return embeddable_error(message)
     default = _DATABRAIN_CODES.get(status, "INTERNAL_SERVER_ERROR" if status >= 500 else "ERROR")
     return databrain_error(code or default, message)
 

@@ -29,7 +29,8 @@ class FaultRule(BaseModel):
     latency_ms: int = Field(default=0, ge=0, le=120_000)
     status: int | None = Field(default=None, ge=400, le=599)
     vendor_code: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    """The error code in the vendor's error body (default: the usual one for ``status``)."""
+    """Databrain only: the error code in its error body (default: the usual one for
+    ``status``). Embeddable's errors carry only ``errorMessage``."""
     message: str | None = Field(default=None, max_length=1000)
     """The error message in the vendor's error body."""
     retry_after: int | str | None = None
@@ -52,6 +53,8 @@ class FaultRule(BaseModel):
             self.retry_after is not None or self.vendor_code is not None or self.message
         ):
             raise ValueError("retry_after, vendor_code and message need a status")
+        if self.vendor_code is not None and self.vendor != "databrain":
+            raise ValueError("only Databrain errors carry a code (Embeddable: errorMessage)")
         if self.region is not None and self.vendor != "embeddable":
             raise ValueError("only Embeddable has regions")
         if isinstance(self.retry_after, int) and self.retry_after < 0:

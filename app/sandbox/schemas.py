@@ -3,7 +3,9 @@
 Written independently of the broker's request models on purpose: the sandbox is the
 oracle the broker is tested against, so a mistake in one must not hide in the other.
 Stricter than the broker in every way the docs permit: no type coercion, no nulls for
-documented types, unknown fields rejected, the expiry fields required and positive.
+documented types, unknown fields rejected (``dashboardState`` included: the current docs
+know only ``customCanvasState``), Embeddable's expiry required and positive. Databrain's
+``expiryTime`` is optional, as at the vendor (without it the token never expires).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ STRICT = ConfigDict(extra="forbid", strict=True)
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
 PositiveInt = Annotated[int, Field(gt=0)]
 SavedVersion = Annotated[str, StringConstraints(pattern=r"^(production|staging|development|v\d+)$")]
-AlphanumericName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9]+$")]
+DataAppName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9 _-]+$")]
+"""Letters, digits, spaces, ``-`` and ``_``: what Databrain's own examples and demos use."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,11 +45,26 @@ class BodyError:
 # --- Embeddable ----------------------------------------------------------------------
 
 
+VALUELESS_OPERATORS = frozenset({"set", "notSet"})
+
+
 @with_config(STRICT)
-class EmbeddableFilter(TypedDict):
-    member: NonEmptyStr
-    operator: NonEmptyStr
+class EmbeddableFilterFields(TypedDict, total=False):
+    member: Required[NonEmptyStr]
+    operator: Required[NonEmptyStr]
     values: list[Any]
+
+
+def _values_fit_the_operator(value: EmbeddableFilterFields) -> EmbeddableFilterFields:
+    if value["operator"] in VALUELESS_OPERATORS:
+        if "values" in value:
+            raise ValueError(f"values must be omitted for operator {value['operator']}")
+    elif "values" not in value:
+        raise ValueError(f"values is required for operator {value['operator']}")
+    return value
+
+
+EmbeddableFilter = Annotated[EmbeddableFilterFields, AfterValidator(_values_fit_the_operator)]
 
 
 @with_config(STRICT)
@@ -59,7 +77,6 @@ class EmbeddableSecurityTokenRequest(TypedDict, total=False):
     environment: NonEmptyStr
     roles: list[NonEmptyStr]
     customCanvasState: str
-    dashboardState: str
     customCanvasReadOnly: bool
     filters: list[EmbeddableFilter]
     dataProvider: NonEmptyStr
@@ -70,13 +87,9 @@ _EMBEDDABLE = TypeAdapter(EmbeddableSecurityTokenRequest)
 
 def validate_embeddable(body: Any) -> BodyError | None:
     try:
-        request = _EMBEDDABLE.validate_python(body)
+        _EMBEDDABLE.validate_python(body)
     except ValidationError as exc:
         return _first_error(exc)
-    if "customCanvasState" in request and "dashboardState" in request:
-        return BodyError(
-            "dashboardState", "dashboardState: the old name of customCanvasState; send one"
-        )
     return None
 
 
@@ -131,12 +144,20 @@ class DashboardAppFilter(TypedDict, total=False):
 
 
 @with_config(STRICT)
+class RlsSetting(TypedDict):
+    metricId: NonEmptyStr
+    values: FilterValues
+
+
+@with_config(STRICT)
 class GuestTokenParams(TypedDict, total=False):
     appFilters: list[AppFilter]
     dashboardAppFilters: list[DashboardAppFilter]
     hideDashboardFilters: list[NonEmptyStr]
     userIdentifier: NonEmptyStr
     timezone: NonEmptyStr
+    allowedEmbeds: list[NonEmptyStr]
+    rlsSettings: list[RlsSetting]
 
 
 @with_config(STRICT)
@@ -156,8 +177,9 @@ class GuestTokenPermissions(TypedDict, total=False):
 @with_config(STRICT)
 class GuestTokenRequest(TypedDict, total=False):
     clientId: Required[NonEmptyStr]
-    dataAppName: Required[AlphanumericName]
-    expiryTime: Required[PositiveInt]
+    dataAppName: Required[DataAppName]
+    expiryTime: PositiveInt
+    """Optional: without it the token never expires (the broker always sends it)."""
     params: GuestTokenParams
     permissions: GuestTokenPermissions
     datasourceName: NonEmptyStr
@@ -166,10 +188,13 @@ class GuestTokenRequest(TypedDict, total=False):
 _DATABRAIN = TypeAdapter(GuestTokenRequest)
 
 # The most specific documented code for an error at a field path (longest prefix wins).
+# An invalid dashboardAppFilters entry is APP_FILTER_PARAM_ERROR: that is what the live
+# API answers, whatever DASHBOARD_PARAM_ERROR's name suggests.
 _DATABRAIN_CODES: Mapping[tuple[str, ...], str] = {
     ("clientId",): "CLIENT_ID_ERROR",
-    ("params", "dashboardAppFilters"): "DASHBOARD_PARAM_ERROR",
+    ("params", "dashboardAppFilters"): "APP_FILTER_PARAM_ERROR",
     ("params", "appFilters"): "APP_FILTER_PARAM_ERROR",
+    ("params", "rlsSettings"): "RLS_SETTINGS_PARAM_ERROR",
 }
 INVALID_REQUEST_BODY = "INVALID_REQUEST_BODY"
 

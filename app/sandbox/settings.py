@@ -39,7 +39,7 @@ class SandboxSettings(BaseSettings):
     """HS256 key of the Embeddable tokens; random per process unless set."""
     databrain_data_apps: Annotated[frozenset[str], NoDecode] = frozenset()
     """Known data apps (env: comma-separated); any other dataAppName gets 404 DATA_APP_ID_ERROR.
-    Empty: every alphanumeric name is known."""
+    Empty: every valid name is known."""
     history_limit: int = Field(default=1000, ge=1, le=100_000)
     """Requests (and issued tokens) remembered for ``/_sandbox/requests``."""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)

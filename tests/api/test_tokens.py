@@ -88,6 +88,7 @@ def test_embeddable_token_for_an_eu_tenant(stack: Stack) -> None:
     assert body["element"] == {
         "tag": "em-beddable",
         "attributes": {"base-url": f"{stack.sandbox}/embeddable/eu/"},
+        "script": "https://embed.embeddable.com/js/v1/?region=EU",
     }
     assert response.headers["cache-control"] == "no-store"
     assert response.headers["pragma"] == "no-cache"

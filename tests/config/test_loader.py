@@ -383,10 +383,112 @@ def test_databrain_embed_needs_an_element() -> None:
     assert_problem(document, "embeds.ops-dashboard.element", "dashboard_id or element.metric_id")
 
 
-def test_databrain_app_name_must_be_alphanumeric() -> None:
+@pytest.mark.parametrize("name", ["sales-dashboard", "Demo Sales Data App", "my_app", "ops app!"])
+def test_databrain_app_names_as_databrain_writes_them_load(name: str) -> None:
     document = base_policy()
-    document["embeds"]["ops-dashboard"]["request"]["dataAppName"] = "ops app!"
+    document["embeds"]["ops-dashboard"]["request"]["dataAppName"] = name
+    assert load(document).embeds["ops-dashboard"].request["dataAppName"] == name
+
+
+@pytest.mark.parametrize("name", ["", " ", "ops\napp", "ops\u0000app"])
+def test_databrain_app_name_must_be_visible(name: str) -> None:
+    document = base_policy()
+    document["embeds"]["ops-dashboard"]["request"]["dataAppName"] = name
     assert_problem(document, "embeds.ops-dashboard.request", "dataAppName")
+
+
+def test_databrain_allowed_embeds_and_rls_settings_are_templated_and_checked() -> None:
+    document = base_policy()
+    params = document["embeds"]["ops-dashboard"]["request"]["params"]
+    params["allowedEmbeds"] = ["ops-dash", "{tenant.attributes.environment}"]
+    params["rlsSettings"] = [{"metricId": "m-1", "values": {"tenant": "{tenant.id}"}}]
+    load(document)
+
+    params["allowedEmbeds"] = "ops-dash"
+    assert_problem(document, "embeds.ops-dashboard.request", "params.allowedEmbeds")
+
+
+@pytest.mark.parametrize(
+    ("written", "fragment"),
+    [
+        ({"member": "orders.shipped_at", "operator": "set", "values": []}, "takes no values"),
+        ({"member": "orders.country", "operator": "equals"}, "needs values"),
+    ],
+)
+def test_embeddable_filter_values_must_fit_the_operator(
+    written: dict[str, Any], fragment: str
+) -> None:
+    document = base_policy()
+    document["embeds"]["sales-overview"]["request"]["filters"] = [written]
+    assert_problem(document, "embeds.sales-overview.request", fragment)
+
+
+def test_embeddable_presence_filters_and_templated_values_load() -> None:
+    document = base_policy()
+    document["embeds"]["sales-overview"]["request"]["filters"] = [
+        {"member": "orders.shipped_at", "operator": "set"},
+        {"member": "orders.region", "operator": "equals", "values": "{tenant.attributes.regions}"},
+    ]
+    load(document)
+
+
+def test_both_canvas_state_names_at_once_fail_at_load() -> None:
+    document = base_policy()
+    request = document["embeds"]["sales-overview"]["request"]
+    request.update(customCanvasState="a", dashboardState="b")
+    assert_problem(document, "embeds.sales-overview.request", "write only one")
+
+
+# --- allow_unknown_fields -----------------------------------------------------------------
+
+
+def _with_unknown_fields(document: dict[str, Any]) -> dict[str, Any]:
+    document["embeds"]["sales-overview"]["request"]["themeOverride"] = {"tenant": "{tenant.id}"}
+    document["embeds"]["ops-dashboard"]["request"]["params"]["newParam"] = "{user.id}"
+    document["roles"]["analyst"]["databrain"]["newPermissionBlock"] = {"x": True}
+    return document
+
+
+def test_unknown_request_fields_fail_at_load_by_default() -> None:
+    found = problems(_with_unknown_fields(base_policy()))
+
+    text = "\n".join(found)
+    assert "themeOverride: unknown field" in text
+    assert "params.newParam: unknown field" in text
+    assert "allow_unknown_fields" in text
+
+
+def test_allow_unknown_fields_forwards_and_lists_them_per_provider() -> None:
+    document = _with_unknown_fields(base_policy())
+    document["providers"]["databrain"]["allow_unknown_fields"] = True
+
+    # Only the lenient provider's embeds pass; Embeddable stays strict.
+    assert_problem(document, "embeds.sales-overview.request", "themeOverride: unknown field")
+    document["providers"]["embeddable"]["allow_unknown_fields"] = True
+    policy = load(document)
+
+    assert policy.forwarded_unknown_fields == (
+        "embeds.sales-overview.request.themeOverride",
+        "embeds.ops-dashboard.request.params.newParam",
+        "embeds.ops-dashboard.request.newPermissionBlock",  # added by the analyst role
+    )
+
+
+def test_a_strict_policy_forwards_nothing_unknown() -> None:
+    assert load(base_policy()).forwarded_unknown_fields == ()
+
+
+def test_allowing_unknown_fields_still_validates_the_known_ones() -> None:
+    document = _with_unknown_fields(base_policy())
+    for provider in document["providers"].values():
+        provider["allow_unknown_fields"] = True
+    document["embeds"]["ops-dashboard"]["request"]["dataAppName"] = "bad\nname"
+    document["embeds"]["sales-overview"]["request"]["expiryInSeconds"] = 60
+
+    found = problems(document)
+
+    assert any("dataAppName" in p for p in found), found
+    assert any(p.startswith("embeds.sales-overview.request.expiryInSeconds: ") for p in found)
 
 
 @pytest.mark.parametrize("rate", ["60/minutes", "sixty/minute", "0/second", "10 per minute"])

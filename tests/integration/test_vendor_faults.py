@@ -146,7 +146,7 @@ def test_500_is_not_retried(stack: Stack, vendor: str) -> None:
     [
         (400, "upstream_rejected"),
         (401, "upstream_auth_failed"),
-        (403, "upstream_auth_failed"),
+        (403, "upstream_rejected"),  # Embeddable's credential error is 401 only
         (404, "upstream_rejected"),
         (409, "upstream_rejected"),
         (422, "upstream_rejected"),

@@ -29,7 +29,11 @@ FULL_BODY: dict[str, Any] = {
     "roles": ["analyst", "viewer"],
     "customCanvasState": "state-1",
     "customCanvasReadOnly": True,
-    "filters": [{"member": "orders.country", "operator": "equals", "values": ["FR", "DE"]}],
+    "filters": [
+        {"member": "orders.country", "operator": "equals", "values": ["FR", "DE"]},
+        {"member": "orders.shipped_at", "operator": "set"},
+        {"member": "orders.cancelled_at", "operator": "notSet"},
+    ],
     "dataProvider": "warehouse",
 }
 
@@ -83,16 +87,98 @@ async def test_the_broker_always_sends_version_context_and_expiry(
     }
 
 
-async def test_the_old_dashboard_state_name_is_sent_as_written(
+async def test_the_old_dashboard_state_name_is_sent_as_custom_canvas_state(
     sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     body = {"embeddableId": "dash-1", "user": "bob", "dashboardState": "s"}
+    EmbeddableProvider.validate_request(body)
 
-    await provider(sandbox, client).issue(body, 60, "us")
+    issued = await provider(sandbox, client).issue(body, 60, "us")
 
-    sent = sandbox.last_request("embeddable")["body"]
-    assert sent["dashboardState"] == "s"
-    assert "customCanvasState" not in sent
+    received = sandbox.last_request("embeddable")
+    assert received["body"] == {
+        "embeddableId": "dash-1",
+        "user": "bob",
+        "customCanvasState": "s",
+        "savedVersion": "production",
+        "securityContext": {},
+        "expiryInSeconds": 60,
+    }
+    assert received["token"] == issued.token
+
+
+@pytest.mark.parametrize(
+    ("written", "problem"),
+    [
+        ({"member": "m", "operator": "set", "values": []}, "takes no values"),
+        ({"member": "m", "operator": "notSet", "values": ["x"]}, "takes no values"),
+        ({"member": "m", "operator": "set", "values": None}, "takes no values"),
+        ({"member": "m", "operator": "equals"}, "needs values"),
+        ({"member": "m", "operator": "equals", "values": None}, "needs values"),
+        ({"member": "m", "operator": "", "values": ["x"]}, "operator"),
+        ({"operator": "set"}, "member"),
+    ],
+)
+def test_filter_values_must_fit_the_operator_at_load(written: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as caught:
+        EmbeddableProvider.validate_request(
+            {"embeddableId": "d", "user": "u", "filters": [written]}
+        )
+    assert "filters.0" in str(caught.value)
+
+
+async def test_a_presence_filter_reaches_the_vendor_without_values(
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+) -> None:
+    filters = [
+        {"member": "customers.email", "operator": "set"},
+        {"member": "customers.country", "operator": "equals", "values": ["FR"]},
+    ]
+    body = {"embeddableId": "d", "user": "u", "filters": filters}
+    EmbeddableProvider.validate_request(body)
+
+    await provider(sandbox, client).issue(body, 60, "eu")
+
+    received = sandbox.last_request("embeddable")
+    assert received["status"] == 200
+    assert received["body"]["filters"] == filters
+
+
+async def test_a_forbidden_answer_is_about_the_request_not_the_key(
+    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+) -> None:
+    sandbox.fault(vendor="embeddable", status=403, message="embeddable not shared", count=1)
+
+    with pytest.raises(ProviderRejected) as caught:
+        await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, "eu")
+
+    broker = to_broker_error(caught.value)
+    assert isinstance(broker, UpstreamRejected)
+    assert broker.extra == {"upstream_status": 403, "upstream_code": None}
+    assert "embeddable not shared" in broker.detail
+
+
+def test_unknown_fields_fail_at_load_unless_the_provider_allows_them() -> None:
+    body = {"embeddableId": "d", "user": "u", "themeOverride": {"dark": True}}
+
+    with pytest.raises(ValueError, match=r"themeOverride: unknown field.*allow_unknown_fields"):
+        EmbeddableProvider.validate_request(body)
+    assert EmbeddableProvider.validate_request(body, allow_unknown_fields=True) == (
+        "themeOverride",
+    )
+    # The model's own rules still hold for the fields it knows.
+    with pytest.raises(ValueError, match="takes no values"):
+        EmbeddableProvider.validate_request(
+            {**body, "filters": [{"member": "m", "operator": "set", "values": ["x"]}]},
+            allow_unknown_fields=True,
+        )
+
+
+def test_the_allow_unknown_fields_switch_is_off_by_default() -> None:
+    config = EmbeddableConfig.model_validate(
+        {"type": "embeddable", "regions": {"eu": {"api_key": "k"}}}
+    )
+    assert config.allow_unknown_fields is False
 
 
 async def test_the_token_is_the_vendor_jwt_and_expires_no_later_than_asked(
@@ -175,8 +261,37 @@ async def test_the_element_is_em_beddable_with_the_region_base_url(
     sandbox: Sandbox, client: httpx.AsyncBaseTransport
 ) -> None:
     assert provider(sandbox, client).element(None, "eu") == Element(
-        "em-beddable", {"base-url": f"{sandbox.embeddable_url('eu')}/"}
+        "em-beddable",
+        {"base-url": f"{sandbox.embeddable_url('eu')}/"},
+        "https://embed.embeddable.com/js/v1/?region=EU",
     )
+
+
+def test_the_loader_script_follows_the_region_and_is_configurable() -> None:
+    config = EmbeddableConfig.model_validate(
+        {
+            "type": "embeddable",
+            "regions": {
+                "us": {"api_key": "k1"},
+                "eu": {"api_key": "k2", "script_url": "https://cdn.example.com/em.js"},
+                "ap": {"api_key": "k3", "base_url": "https://api.ap.example.com"},
+                "dev": {"api_key": "k4", "base_url": "http://127.0.0.1:9", "script_url": None},
+            },
+        }
+    )
+    built = EmbeddableProvider("embeddable", config, None)  # type: ignore[arg-type]  # no call made
+
+    assert built.element(None, "us").script == "https://embed.embeddable.com/js/v1/?region=US"
+    assert built.element(None, "eu").script == "https://cdn.example.com/em.js"
+    assert built.element(None, "ap").script is None  # no known loader for a custom region
+    assert built.element(None, "dev").script is None  # null: the app bundles the loader
+    with pytest.raises(ValidationError, match="cleartext"):
+        EmbeddableConfig.model_validate(
+            {
+                "type": "embeddable",
+                "regions": {"eu": {"api_key": "k", "script_url": "http://cdn.example.com/em.js"}},
+            }
+        )
 
 
 async def test_default_base_urls_follow_the_region(client: httpx.AsyncBaseTransport) -> None:

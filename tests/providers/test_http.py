@@ -209,7 +209,7 @@ async def test_transport_failures(
     [
         (400, ProviderRejected),
         (401, ProviderAuthFailed),
-        (403, ProviderAuthFailed),
+        (403, ProviderRejected),  # about the request (e.g. its permissions), not the key
         (404, ProviderRejected),
         (409, ProviderRejected),
         (429, ProviderRateLimited),

@@ -15,7 +15,7 @@ TOKEN_SECRET = "sandbox-test-token-secret-0123456789abcdef"
 US_KEY = "test-embeddable-us-key"
 EU_KEY = "test-embeddable-eu-key"
 DATABRAIN_KEY = "test-databrain-key"
-DATA_APPS = frozenset({"opsapp", "salesapp"})
+DATA_APPS = frozenset({"opsapp", "salesapp", "sales-dashboard", "Demo Sales Data App"})
 
 EMBEDDABLE_BODY: dict[str, Any] = {
     "embeddableId": "d-1",

@@ -136,10 +136,13 @@ def test_embeddable_validation_errors_use_its_shape(sandbox: Sandbox) -> None:
     ("change", "code"),
     [
         ({"clientId": 5}, "CLIENT_ID_ERROR"),
-        ({"dataAppName": "ops_app"}, "INVALID_REQUEST_BODY"),
+        ({"dataAppName": "ops.app"}, "INVALID_REQUEST_BODY"),
         ({"expiryTime": None}, "INVALID_REQUEST_BODY"),
         ({"params": {"appFilters": [{"metricId": 1, "values": "x"}]}}, "APP_FILTER_PARAM_ERROR"),
-        ({"params": {"dashboardAppFilters": [{"dashboardId": "d"}]}}, "DASHBOARD_PARAM_ERROR"),
+        # As the live API answers: the appFilters code for a bad dashboardAppFilters entry.
+        ({"params": {"dashboardAppFilters": [{"dashboardId": "d"}]}}, "APP_FILTER_PARAM_ERROR"),
+        ({"params": {"rlsSettings": [{"metricId": "m"}]}}, "RLS_SETTINGS_PARAM_ERROR"),
+        ({"params": {"allowedEmbeds": [3]}}, "INVALID_REQUEST_BODY"),
     ],
 )
 def test_databrain_validation_errors_use_its_shape_and_codes(
@@ -152,6 +155,67 @@ def test_databrain_validation_errors_use_its_shape_and_codes(
     assert error["code"] == code
     assert isinstance(error["message"], str)
     assert error["message"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dataAppName": "sales-dashboard"},
+        {"dataAppName": "Demo Sales Data App"},
+        {"expiryTime": ...},
+        {
+            "params": {
+                "allowedEmbeds": ["ops-dash"],
+                "rlsSettings": [{"metricId": "m", "values": 1}],
+            }
+        },
+    ],
+)
+def test_databrain_accepts_what_its_docs_and_demos_send(
+    sandbox: Sandbox, change: dict[str, Any]
+) -> None:
+    body = {key: value for key, value in {**DATABRAIN_BODY, **change}.items() if value is not ...}
+
+    response = databrain_post(sandbox, json=body)
+
+    assert response.status_code == 200, response.text
+    assert sandbox.last_request("databrain")["body"] == body
+
+
+@pytest.mark.parametrize(
+    ("filters", "status"),
+    [
+        ([{"member": "m", "operator": "set"}], 200),
+        ([{"member": "m", "operator": "notSet"}], 200),
+        ([{"member": "m", "operator": "equals", "values": ["x"]}], 200),
+        ([{"member": "m", "operator": "set", "values": ["x"]}], 400),
+        ([{"member": "m", "operator": "equals"}], 400),
+    ],
+)
+def test_embeddable_filter_values_follow_the_operator(
+    sandbox: Sandbox, filters: list[dict[str, Any]], status: int
+) -> None:
+    response = embeddable_post(sandbox, json={**EMBEDDABLE_BODY, "filters": filters})
+
+    assert response.status_code == status
+    if status == 400:
+        assert set(response.json()) == {"errorMessage"}
+        assert "filters.0" in response.json()["errorMessage"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"expiryInSeconds": "600"}, {"dashboardState": "s"}, {"extra": 1}, {"embeddableId": ...}],
+)
+def test_embeddable_errors_carry_only_an_error_message(
+    sandbox: Sandbox, change: dict[str, Any]
+) -> None:
+    body = {key: value for key, value in {**EMBEDDABLE_BODY, **change}.items() if value is not ...}
+
+    response = embeddable_post(sandbox, json=body)
+
+    assert response.status_code == 400
+    assert set(response.json()) == {"errorMessage"}
 
 
 def test_an_unknown_data_app_is_404_data_app_id_error(sandbox: Sandbox) -> None:
