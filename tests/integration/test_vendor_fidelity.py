@@ -29,6 +29,7 @@ def fidelity_policy() -> dict[str, Any]:
     providers["databrain"]["script_url"] = DATABRAIN_SCRIPT
     # A second Embeddable account that forwards fields the broker does not know yet.
     providers["embeddable-next"] = {**providers["embeddable"], "allow_unknown_fields": True}
+    providers["databrain-next"] = {**providers["databrain"], "allow_unknown_fields": True}
     embeds = document["embeds"]
     embeds["canvas"] = {
         "provider": "embeddable",
@@ -55,6 +56,21 @@ def fidelity_policy() -> dict[str, Any]:
             "embeddableId": "next-id",
             "user": "{user.id}",
             "themeOverride": {"tenant": "{tenant.id}", "dark": True},
+        },
+    }
+    embeds["filters-next"] = {
+        "provider": "databrain-next",
+        "allow": {"tenants": ["acme"]},
+        "element": {"dashboard_id": "sales-dash"},
+        "request": {
+            "clientId": "{tenant.id}",
+            "dataAppName": "sales-dashboard",
+            "params": {
+                "userIdentifier": "{user.id}",
+                "dashboardAppFilters": [
+                    {"dashboardId": "sales-dash", "values": "x", "operatorHint": "{tenant.id}"}
+                ],
+            },
         },
     }
     embeds["sales-app"] = {
@@ -177,6 +193,28 @@ def test_unknown_fields_of_a_lenient_provider_are_forwarded_templated(stack: Sta
     body = problem(response, "upstream_rejected")
     assert (body["upstream_status"], body["upstream_code"]) == (400, None)
     assert "themeOverride" in body["detail"]
+
+
+def test_the_sandbox_answers_a_bad_dashboard_filter_as_databrain_does(stack: Stack) -> None:
+    # A field Databrain does not know inside a dashboardAppFilters entry, forwarded by
+    # the lenient provider: the live API (and so the sandbox) calls that an app filter
+    # error, and the client sees Databrain's status and code.
+    response = stack.token("filters-next", session_token("alice", "acme"))
+
+    [received] = stack.vendor_requests("databrain")
+    assert received["body"]["params"]["dashboardAppFilters"] == [
+        {"dashboardId": "sales-dash", "values": "x", "operatorHint": "acme"}
+    ]
+    body = problem(response, "upstream_rejected")
+    assert (body["upstream_status"], body["upstream_code"]) == (400, "APP_FILTER_PARAM_ERROR")
+
+
+def test_the_openapi_document_describes_element_script(stack: Stack) -> None:
+    document = stack.client.get(f"{stack.broker}/openapi.json").json()
+
+    element = document["components"]["schemas"]["ElementOut"]
+    assert "script" in element["properties"]
+    assert "script" not in element.get("required", [])
 
 
 def test_invalid_permissions_is_a_rejected_request_not_a_refused_key(stack: Stack) -> None:
@@ -343,4 +381,7 @@ def test_forwarded_unknown_fields_are_logged_once_at_load(
 
     warnings = [r for r in caplog.records if r.getMessage() == "config.unknown_fields_forwarded"]
     assert len(warnings) == 1
-    assert warnings[0].fields == ["embeds.next.request.themeOverride"]  # type: ignore[attr-defined]
+    assert warnings[0].fields == [  # type: ignore[attr-defined]
+        "embeds.next.request.themeOverride",
+        "embeds.filters-next.request.params.dashboardAppFilters.0.operatorHint",
+    ]
