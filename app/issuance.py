@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from app.config.models import CacheConfig, ServiceConfig
 from app.errors import BrokerError, InternalError, RateLimited
-from app.observability.logging import info_event
 from app.observability.metrics import Metrics
 from app.policy import EmbedRule, Policy, TokenPlan, User
 from app.providers.base import BaseProvider, Element
@@ -235,7 +234,7 @@ class TokenFlow:
     def _record(self, event: str, outcome: str, audit: dict[str, Any], started: float) -> None:
         audit["outcome"] = outcome
         audit["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
-        info_event(audit_log, event, audit)
+        audit_log.info(event, extra=audit)
         provider = audit["provider"] or "-"
         embed = audit["embed"] if audit["provider"] else "-"  # unknown names stay unbounded
         self._metrics.token_counter(provider, embed, outcome, audit["cache"]).inc()

@@ -18,7 +18,6 @@ from app.api.problems import install_exception_handlers
 from app.api.routing import LeanRouteDispatch
 from app.collector import ServingCollector
 from app.config.loader import load_policy_file
-from app.observability.logging import logging_off_the_loop
 from app.observability.metrics import Metrics
 from app.reload import PolicyReloader
 from app.runtime import Runtime, vendor_http_client, vendor_transport
@@ -47,22 +46,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         config = await asyncio.to_thread(load_policy_file, settings.config)
         metrics = Metrics.create()
-        with logging_off_the_loop():
-            transport = vendor_transport()
-            async with vendor_http_client(transport) as http:
-                runtime = await Runtime.start(settings, config, http, transport, metrics)
-                reloader = PolicyReloader(
-                    runtime, settings.config, settings.reload_interval_seconds
-                )
-                try:
-                    await reloader.start()
-                    # Last: what start-up built is frozen out of later collections.
-                    async with ServingCollector(settings.gc_full_interval_seconds):
-                        log.info("broker.started", extra={"config": str(settings.config)})
-                        yield {"runtime": runtime, "metrics": metrics}
-                finally:
-                    await reloader.aclose()
-                    await runtime.aclose()
+        transport = vendor_transport()
+        async with vendor_http_client(transport) as http:
+            runtime = await Runtime.start(settings, config, http, transport, metrics)
+            reloader = PolicyReloader(runtime, settings.config, settings.reload_interval_seconds)
+            try:
+                await reloader.start()
+                # Last: what start-up built is frozen out of later collections.
+                async with ServingCollector(settings.gc_full_interval_seconds):
+                    log.info("broker.started", extra={"config": str(settings.config)})
+                    yield {"runtime": runtime, "metrics": metrics}
+            finally:
+                await reloader.aclose()
+                await runtime.aclose()
         log.info("broker.stopped")
 
     app = FastAPI(

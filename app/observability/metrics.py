@@ -18,6 +18,8 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from app.observability.logging import dropped_lines
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 NAMESPACE = "token_broker"
 GaugeMode = Literal["max", "min", "livemax", "livemin", "sum", "livesum"]
@@ -89,6 +91,8 @@ class Metrics:
             target: CollectorRegistry | None = None  # values go to the shared files
         else:
             target = registry
+            # Process-wide, like logging; with workers it is in the shared files.
+            registry.register(dropped_lines)
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, namespace=NAMESPACE, registry=target)
