@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install run test lint bench format check-config clean
+.PHONY: install run test test-fast lint bench format check-config clean
 
 install: $(STAMP)
 
@@ -29,10 +29,13 @@ run: $(STAMP) ## sandbox vendors + broker on config/demo.yaml, prints curl comma
 test: $(STAMP) ## the whole test suite
 	$(BIN)/pytest
 
-lint: $(STAMP) ## ruff + mypy --strict
+test-fast: $(STAMP) ## the inner loop: everything but the tests marked slow (real processes)
+	$(BIN)/pytest -m "not slow"
+
+lint: $(STAMP) ## ruff + mypy --strict, over the tests and the benchmark too
 	$(BIN)/ruff check app tests bench
 	$(BIN)/ruff format --check app tests bench
-	$(BIN)/mypy app
+	$(BIN)/mypy app tests bench
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix app tests bench

@@ -52,7 +52,7 @@ async def answer(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def echoed_id(sent: list[Message]) -> bytes:
-    return dict(sent[0]["headers"])[b"x-request-id"]
+    return bytes(dict(sent[0]["headers"])[b"x-request-id"])
 
 
 @pytest.mark.parametrize("value", [b"abc\n", b"abc\r\nx-evil: 1", b"\nabc", b"abc\x00"])

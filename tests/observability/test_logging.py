@@ -267,7 +267,7 @@ def test_configure_logging_installs_a_queue_and_reconfiguring_stops_it() -> None
         assert isinstance(first, BoundedQueueHandler)
         assert logging.getLogger("uvicorn.access").handlers == [first]
         configure_logging("info", "json")
-        assert first.listener._thread is None  # type: ignore[attr-defined]
+        assert first.listener._thread is None
     finally:
         for handler in logging.getLogger("token_broker").handlers:
             handler.close()

@@ -516,7 +516,9 @@ async def test_a_vendor_code_carrying_a_secret_is_dropped(
     with pytest.raises((ProviderRejected, ProviderServerError)) as caught:
         await issue(build(answer(status, body)))
 
-    assert caught.value.vendor_code is None
+    failure = caught.value
+    assert isinstance(failure, ProviderRejected | ProviderServerError)
+    assert failure.vendor_code is None
     broker = to_broker_error(caught.value)
     shown = " ".join([str(caught.value), repr(caught.value), broker.detail])
     shown += orjson.dumps(broker.problem("rid")).decode()

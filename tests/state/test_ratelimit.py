@@ -211,7 +211,7 @@ class TestRedis:
         async def stats_at_window_start(*_: object) -> WindowStats:
             return WindowStats(reset_time=time.time(), remaining=1)
 
-        rl._shared.get_window_stats = stats_at_window_start  # type: ignore[method-assign]
+        rl._shared.get_window_stats = stats_at_window_start  # type: ignore[method-assign,assignment]
         decision = await rl.hit(user_key="fresh", tenant_key="acme")
         assert decision.reset_after == 60
 

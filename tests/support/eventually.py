@@ -35,11 +35,10 @@ async def eventually_async(
     """The same inside an event loop; ``check`` may be a coroutine function."""
     deadline = time.monotonic() + timeout
     while True:
-        result = check()
-        if isinstance(result, Awaitable):
-            result = await result
+        outcome = check()
+        result: T = await outcome if isinstance(outcome, Awaitable) else outcome
         if result:
-            return result  # type: ignore[return-value]
+            return result
         if time.monotonic() > deadline:
             raise AssertionError(f"not met within {timeout} s: {what or check!r}")
         await asyncio.sleep(POLL_SECONDS)

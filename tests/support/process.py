@@ -42,7 +42,7 @@ class BrokerProcess:
 
 
 def wait_ready(
-    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 30
+    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

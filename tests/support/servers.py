@@ -40,7 +40,6 @@ def serve_in_thread(app: Any, *, startup_timeout: float = 20.0, **config: Any) -
             **config,
         )
     )
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     errors: list[BaseException] = []
 
     def run() -> None:
