@@ -20,17 +20,17 @@ from typing import Any, Protocol
 
 from app.config.models import EmbedConfig, PolicyConfig, ServiceConfig
 from app.config.templates import (
+    STATIC_ROOTS,
     Missing,
     Reference,
     compile_tree,
     deep_merge,
     lookup_path,
     render,
+    static_resolver,
 )
 from app.errors import EmbedNotAllowed, InvalidRequest, MissingClaim, TenantNotAllowed
 from app.providers.base import EmbedElementConfig
-
-STATIC_ROOTS = frozenset({"tenant", "embed"})
 
 
 class User(Protocol):
@@ -118,19 +118,8 @@ class Policy:
                 role_bodies.append((role, compiled))
         bodies = {}
         for tenant_id in tenants:
-
-            def resolve(ref: Reference, tenant_id: str = tenant_id) -> Any:
-                if ref.root == "embed":
-                    return name
-                if ref.path[0] == "id":
-                    return tenant_id
-                if ref.path[0] == "region":
-                    return config.tenants[tenant_id].region
-                try:
-                    return lookup_path(config.tenants[tenant_id].attributes, ref.path[1:])
-                except KeyError:
-                    raise Missing(ref) from None
-
+            tenant = config.tenants[tenant_id]
+            resolve = static_resolver(name, tenant_id, tenant.region, tenant.attributes)
             bodies[tenant_id] = (
                 render(base, resolve, only=STATIC_ROOTS),
                 tuple(

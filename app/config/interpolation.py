@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from app.config.tree import Problem, YamlPath, map_strings
+
 _PLACEHOLDER = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -76,22 +78,7 @@ def _read_secret_file(raw_path: str) -> str:
 
 
 def interpolate_tree(
-    node: Any, environ: Mapping[str, str], path: tuple[str | int, ...] = ()
-) -> tuple[Any, list[tuple[tuple[str | int, ...], str]]]:
+    node: Any, environ: Mapping[str, str], path: YamlPath = ()
+) -> tuple[Any, list[Problem]]:
     """Return the tree with every string interpolated, plus (path, reason) for failures."""
-    errors: list[tuple[tuple[str | int, ...], str]] = []
-
-    def walk(value: Any, where: tuple[str | int, ...]) -> Any:
-        if isinstance(value, str):
-            try:
-                return interpolate_string(value, environ)
-            except InterpolationError as exc:
-                errors.append((where, str(exc)))
-                return value
-        if isinstance(value, dict):
-            return {key: walk(item, (*where, key)) for key, item in value.items()}
-        if isinstance(value, list):
-            return [walk(item, (*where, index)) for index, item in enumerate(value)]
-        return value
-
-    return walk(node, path), errors
+    return map_strings(node, lambda text: interpolate_string(text, environ), path)

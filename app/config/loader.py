@@ -27,12 +27,13 @@ from app.config.templates import (
     iter_templates,
     lookup_path,
     render,
+    static_resolver,
 )
+from app.config.tree import YamlPath
 from app.jose_keys import HMAC_ALGORITHMS, HMAC_DIGEST_BYTES, pem_key_problem
 from app.providers.base import BROKER_OWNED_FIELDS
 from app.providers.registry import provider_class
 
-YamlPath = tuple[str | int, ...]
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 # Values used to render templates at load, to validate bodies against vendor models.
@@ -415,23 +416,15 @@ def _render_and_validate(
     first_problem: str | None = None
     # A claim's JSON type is unknown at load: accept the body if it validates with the
     # claim as a string or as a list of strings.
+    static = static_resolver(embed_name, tenant_id, region, attributes)
     for claim_value in (PLACEHOLDER_CLAIM, [PLACEHOLDER_CLAIM]):
 
         def resolve(ref: Reference, claim_value: Any = claim_value) -> Any:
-            if ref.root == "user":
-                if ref.path[0] == "claims":
-                    return claim_value
-                return PLACEHOLDER_USER[ref.path[0]]
-            if ref.root == "tenant":
-                if ref.path[0] == "id":
-                    return tenant_id
-                if ref.path[0] == "region":
-                    return region
-                try:
-                    return lookup_path(attributes, ref.path[1:])
-                except KeyError:
-                    raise Missing(ref) from None
-            return embed_name
+            if ref.root != "user":
+                return static(ref)
+            if ref.path[0] == "claims":
+                return claim_value
+            return PLACEHOLDER_USER[ref.path[0]]
 
         try:
             body = render(trees[0], resolve)

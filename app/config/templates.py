@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from app.config.tree import Problem, YamlPath, map_strings
+
 _NAME = r"[A-Za-z_][A-Za-z0-9_\-]*"
 _SEGMENT = r"[A-Za-z0-9_\-]+"
 _REFERENCE = re.compile(rf"^{_NAME}(?:\.{_SEGMENT})*$")
@@ -149,29 +151,16 @@ class Missing(LookupError):
 Resolver = Callable[[Reference], Any]
 
 
-def compile_tree(
-    node: Any, path: tuple[str | int, ...] = ()
-) -> tuple[Any, list[tuple[tuple[str | int, ...], str]]]:
+def compile_tree(node: Any, path: YamlPath = ()) -> tuple[Any, list[Problem]]:
     """Parse every string leaf; return the compiled tree and (path, reason) errors."""
-    errors: list[tuple[tuple[str | int, ...], str]] = []
+    return map_strings(node, _compile_string, path)
 
-    def walk(value: Any, where: tuple[str | int, ...]) -> Any:
-        if isinstance(value, str):
-            try:
-                template = parse_template(value)
-            except TemplateError as exc:
-                errors.append((where, str(exc)))
-                return value
-            if template.is_literal:  # "{{x}}" compiles to the text "{x}"
-                return "".join(part for part in template.parts if isinstance(part, str))
-            return template
-        if isinstance(value, dict):
-            return {key: walk(item, (*where, key)) for key, item in value.items()}
-        if isinstance(value, list):
-            return [walk(item, (*where, index)) for index, item in enumerate(value)]
-        return value
 
-    return walk(node, path), errors
+def _compile_string(text: str) -> str | Template:
+    template = parse_template(text)  # TemplateError is a ValueError: reported with its path
+    if template.is_literal:  # "{{x}}" compiles to the text "{x}"
+        return "".join(part for part in template.parts if isinstance(part, str))
+    return template
 
 
 def iter_templates(
@@ -240,6 +229,34 @@ def _number_text(value: int | float) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+STATIC_ROOTS = frozenset({"tenant", "embed"})
+"""The references whose values are known at load, before any user."""
+
+
+def static_resolver(
+    embed_name: str, tenant_id: str, region: str, attributes: Mapping[str, Any]
+) -> Resolver:
+    """Resolves ``{tenant.*}`` and ``{embed.name}`` for one embed and tenant: the policy
+    pre-renders bodies with it, the loader validates them with it. ``{user.*}`` and a
+    missing attribute raise :class:`Missing`."""
+
+    def resolve(ref: Reference) -> Any:
+        if ref.root == "embed":
+            return embed_name
+        if ref.root == "tenant":
+            if ref.path[0] == "id":
+                return tenant_id
+            if ref.path[0] == "region":
+                return region
+            try:
+                return lookup_path(attributes, ref.path[1:])
+            except KeyError:
+                raise Missing(ref) from None
+        raise Missing(ref)
+
+    return resolve
 
 
 def lookup_path(data: Any, path: tuple[str, ...]) -> Any:

@@ -66,6 +66,10 @@ class RateDecision:
     reset_after: float
     """Seconds until the window frees capacity again."""
 
+    @classmethod
+    def refused(cls, scope: str, limit: int, reset_after: float) -> RateDecision:
+        return cls(allowed=False, scope=scope, limit=limit, remaining=0, reset_after=reset_after)
+
 
 UNLIMITED = RateDecision(allowed=True, scope=None, limit=0, remaining=0, reset_after=0.0)
 
@@ -277,13 +281,7 @@ class RateLimiter:
             key = f"{scope}/{item.amount}/{expiry}/{identifiers[scope]}"
             allowed, remaining, reset_after = self._local.hit_now(key, item.amount, expiry)
             if not allowed:
-                return RateDecision(
-                    allowed=False,
-                    scope=scope,
-                    limit=item.amount,
-                    remaining=0,
-                    reset_after=reset_after,
-                )
+                return RateDecision.refused(scope, item.amount, reset_after)
             if tightest is UNLIMITED or remaining < tightest.remaining:
                 tightest = RateDecision(
                     allowed=True,
@@ -312,13 +310,7 @@ class RateLimiter:
                 # the window is 0; the honest answer is a whole window.
                 reset_after = float(item.get_expiry())
             if not allowed:
-                return RateDecision(
-                    allowed=False,
-                    scope=scope,
-                    limit=item.amount,
-                    remaining=0,
-                    reset_after=reset_after,
-                )
+                return RateDecision.refused(scope, item.amount, reset_after)
             if tightest is UNLIMITED or stats.remaining < tightest.remaining:
                 tightest = RateDecision(
                     allowed=True,
