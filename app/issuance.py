@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from app.config.models import CacheConfig, ServiceConfig
 from app.errors import BrokerError, InternalError, RateLimited
@@ -69,37 +69,118 @@ def user_rate_key(user: User) -> str:
     return hashlib.sha256(f"{user.issuer}\0{user.id}".encode()).hexdigest()
 
 
+class PolicyInForce(Protocol):
+    """What the flow needs of the policy in force (``app.runtime.ActivePolicy``): the
+    compiled policy and the providers built from the same file."""
+
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def providers(self) -> Mapping[str, BaseProvider]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlanKey:
+    """What a session's vendor request depends on, as values: the verified session
+    (its token digest fixes every claim), the tenant and the embed."""
+
+    session: bytes
+    tenant: str
+    embed: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedRequest:
+    """A vendor request reduced to what a cache hit needs."""
+
+    region: str
+    cache_key: str
+
+
+class PlanMemo:
+    """Region and cache key of recent session requests, for the policy in force.
+
+    A busy user's repeat request (the common case: every page load) is a cache hit that
+    needs only the key; rendering the body and hashing it again would be most of its
+    cost. Entries hold no rendered body and no user object, so a full garbage
+    collection has little to walk. A new policy empties the memo.
+    """
+
+    def __init__(self, max_entries: int = PLAN_MEMO_ENTRIES) -> None:
+        self._max_entries = max_entries
+        self._policy: Policy | None = None
+        self._entries: OrderedDict[PlanKey, PlannedRequest] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, policy: Policy, key: PlanKey) -> PlannedRequest | None:
+        if policy is not self._policy:
+            return None
+        found = self._entries.get(key)
+        if found is not None:
+            self._entries.move_to_end(key)
+        return found
+
+    def put(self, policy: Policy, key: PlanKey, planned: PlannedRequest) -> None:
+        if policy is not self._policy:
+            self._policy = policy
+            self._entries.clear()
+        self._entries[key] = planned
+        if len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+
+def plan_request(
+    policy: Policy, provider: BaseProvider, user: User, tenant: str, rule: EmbedRule
+) -> tuple[TokenPlan, PlannedRequest]:
+    """The vendor request for this user, tenant and embed, rendered but not sent, with
+    its region and token-cache key: the step a dry run shares with issuing. The key
+    covers the vendor account, the region and the exact body, so two requests share a
+    token only when the vendor would mint the same one. Raises MissingClaim."""
+    plan = policy.plan(user, tenant, rule)
+    key = token_cache_key(
+        f"{rule.provider}@{provider.account_fingerprint(plan.region)}",
+        plan.region,
+        plan.body,
+        ttl_seconds=rule.ttl_seconds,
+    )
+    return plan, PlannedRequest(plan.region, key)
+
+
 class TokenFlow:
-    """Process-wide: the cache, single-flight and vendor caller outlive policy reloads."""
+    """Process-wide: the cache, rate limits, single-flight and vendor caller outlive
+    policy reloads; each call names the policy in force."""
 
     def __init__(
         self,
         *,
         cache: TokenCache,
         caller: VendorCaller,
+        limiter: RateLimiter,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cache = cache
         self._caller = caller
+        self._limiter = limiter
         self._metrics = metrics
         self._clock = clock
         self._flights: SingleFlight[Obtained] = SingleFlight()
-        self._plans: OrderedDict[tuple[int, int, str, str], tuple[Policy, User, str, str]]
-        self._plans = OrderedDict()
+        self._plans = PlanMemo()
 
     async def issue(
         self,
-        *,
-        policy: Policy,
-        providers: Mapping[str, BaseProvider],
-        limiter: RateLimiter,
+        active: PolicyInForce,
         user: User,
-        tenant: str | None,
+        *,
         embed: str,
-        caller: str,
+        tenant: str | None = None,
+        caller: str = "session",
         service: ServiceConfig | None = None,
     ) -> Grant:
+        """One token decision for ``user`` (acting through ``service``, if given)."""
+        policy = active.policy
         started = time.perf_counter()
         audit: dict[str, Any] = {
             "caller": caller,
@@ -119,28 +200,25 @@ class TokenFlow:
             audit["tenant"] = chosen
             rule = policy.authorize(user, chosen, embed, service)
             audit["provider"] = rule.provider
-            region, cache_key, plan = self._plan(
-                policy, providers, user, chosen, rule, memo=service is None
-            )
-            audit["region"] = region
-            decision = await limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
+            provider = active.providers[rule.provider]
+            planned, plan = self._plan(policy, provider, user, chosen, rule)
+            audit["region"] = planned.region
+            decision = await self._limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
             if not decision.allowed:
                 raise RateLimited(
                     f"the {decision.scope} rate limit is exhausted",
                     retry_after_seconds=decision.reset_after,
                     headers=rate_limit_headers(decision),
                 )
-            provider = providers[rule.provider]
             obtained, cache_state = await self._obtain(
                 lambda: plan if plan is not None else policy.plan(user, chosen, rule),
                 provider,
-                cache_key,
-                region,
+                planned,
                 policy.config.cache,
             )
             audit["cache"] = cache_state
             audit["vendor_status"] = obtained.vendor_status
-            element = provider.element(rule.element, region)
+            element = provider.element(rule.element, planned.region)
         except BrokerError as exc:
             self._record("token.denied", exc.code, audit, started)
             raise
@@ -153,7 +231,7 @@ class TokenFlow:
             token=obtained.token.token,
             rule=rule,
             tenant=chosen,
-            region=region,
+            region=planned.region,
             expires_at=obtained.token.expires_at,
             element=element,
             cache=cache_state,
@@ -161,52 +239,28 @@ class TokenFlow:
         )
 
     def _plan(
-        self,
-        policy: Policy,
-        providers: Mapping[str, BaseProvider],
-        user: User,
-        tenant: str,
-        rule: EmbedRule,
-        *,
-        memo: bool,
-    ) -> tuple[str, str, TokenPlan | None]:
-        """The region and cache key of this user's vendor request, and the rendered
-        request when it was rendered now (None when both came from the memo).
-
-        A session user object comes from the verified-session cache, so a busy user's
-        repeat requests reuse it; the memo holds the objects it was computed from and
-        compares them by identity, so it can never answer for another user or policy.
-        It keeps no rendered request: a repeat request is a cache hit, which needs only
-        the key, and a small entry keeps full garbage collections short.
-        """
-        memo_key = (id(policy), id(user), tenant, rule.name)
-        if memo:
-            hit = self._plans.get(memo_key)
-            if hit is not None and hit[0] is policy and hit[1] is user:
-                self._plans.move_to_end(memo_key)
-                return hit[2], hit[3], None
-        plan = policy.plan(user, tenant, rule)
-        provider = providers[rule.provider]
-        key = token_cache_key(
-            f"{rule.provider}@{provider.account_fingerprint(plan.region)}",
-            plan.region,
-            plan.body,
-            ttl_seconds=rule.ttl_seconds,
-        )
-        if memo:
-            self._plans[memo_key] = (policy, user, plan.region, key)
-            if len(self._plans) > PLAN_MEMO_ENTRIES:
-                self._plans.popitem(last=False)
-        return plan.region, key, plan
+        self, policy: Policy, provider: BaseProvider, user: User, tenant: str, rule: EmbedRule
+    ) -> tuple[PlannedRequest, TokenPlan | None]:
+        """Where this user's vendor request goes and its cache key, plus the rendered
+        request when it was rendered now (None when the memo answered)."""
+        memo_key = PlanKey(user.session, tenant, rule.name) if user.session is not None else None
+        if memo_key is not None:
+            found = self._plans.get(policy, memo_key)
+            if found is not None:
+                return found, None
+        plan, planned = plan_request(policy, provider, user, tenant, rule)
+        if memo_key is not None:
+            self._plans.put(policy, memo_key, planned)
+        return planned, plan
 
     async def _obtain(
         self,
         plan_for_vendor: Callable[[], TokenPlan],
         provider: BaseProvider,
-        key: str,
-        region: str,
+        planned: PlannedRequest,
         cache_config: CacheConfig,
     ) -> tuple[Obtained, CacheState]:
+        key, region = planned.cache_key, planned.region
         if cache_config.enabled:
             cached = await self._cache.get(key)
             if (

@@ -48,6 +48,10 @@ class User(Protocol):
     def claims(self) -> Mapping[str, Any]: ...
     @property
     def issuer(self) -> str: ...
+    @property
+    def session(self) -> bytes | None:
+        """The digest of the session token the user was verified from (a value that
+        fixes every claim); None when a service vouches for the user."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,7 @@ class ServiceUser:
     email: str | None
     claims: Mapping[str, Any]
     issuer: str  # "service:<name>": user ids are namespaced by who vouches for them
+    session: None = None
 
 
 @dataclass(frozen=True, slots=True)

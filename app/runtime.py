@@ -127,7 +127,7 @@ class Runtime:
             token_cache=token_cache,
             limiter=limiter,
             caller=caller,
-            flow=TokenFlow(cache=token_cache, caller=caller, metrics=metrics),
+            flow=TokenFlow(cache=token_cache, caller=caller, limiter=limiter, metrics=metrics),
         )
         runtime.active = await runtime.build(config)
         return runtime

@@ -124,15 +124,7 @@ async def create_token(request: Request) -> Response:
     active = runtime.active
     user = await _session_user(request, active)
     wanted = await read_model(request, TokenRequest)
-    grant = await runtime.flow.issue(
-        policy=active.policy,
-        providers=active.providers,
-        limiter=runtime.limiter,
-        user=user,
-        tenant=wanted.tenant,
-        embed=wanted.embed,
-        caller="session",
-    )
+    grant = await runtime.flow.issue(active, user, embed=wanted.embed, tenant=wanted.tenant)
     return _token_response(grant)
 
 
@@ -211,12 +203,10 @@ async def create_token_for_service(request: Request) -> Response:
         issuer=f"service:{name}",
     )
     grant = await runtime.flow.issue(
-        policy=active.policy,
-        providers=active.providers,
-        limiter=runtime.limiter,
-        user=user,
-        tenant=wanted.user.tenant,
+        active,
+        user,
         embed=wanted.embed,
+        tenant=wanted.user.tenant,
         caller=f"service:{name}",
         service=service,
     )

@@ -65,6 +65,8 @@ class SessionUser:
     """The verified payload (top level read-only; treat nested values as read-only too)."""
     issuer: str
     expires_at: float
+    session: bytes | None = field(default=None, repr=False, compare=False)
+    """SHA-256 of the token this user was verified from: a value that fixes every claim."""
 
 
 class ClaimPath:
@@ -270,12 +272,12 @@ class SessionVerifier:
         if cached is not None:
             return cached
         user = await self._verify_uncached(
-            parse_compact_jws(token, max_bytes=self._max_token_bytes)
+            parse_compact_jws(token, max_bytes=self._max_token_bytes), cache_key
         )
         self._cache.put(cache_key, user)
         return user
 
-    async def _verify_uncached(self, token: UnverifiedToken) -> SessionUser:
+    async def _verify_uncached(self, token: UnverifiedToken, digest: bytes) -> SessionUser:
         alg = _checked_header(token.header)
         issuer_name = token.payload.get("iss")
         if not isinstance(issuer_name, str):
@@ -287,7 +289,7 @@ class SessionVerifier:
             raise InvalidSession("token algorithm is not allowed for its issuer")
         if not await self._signature_is_valid(trusted, alg, token):
             raise InvalidSession("token signature is not valid")
-        return self._user_from_claims(trusted, token.payload)
+        return self._user_from_claims(trusted, token.payload, digest)
 
     async def _signature_is_valid(
         self, trusted: _TrustedIssuer, alg: str, token: UnverifiedToken
@@ -308,7 +310,9 @@ class SessionVerifier:
             log.debug("session.signature_error", exc_info=True)
             return False
 
-    def _user_from_claims(self, trusted: _TrustedIssuer, payload: Mapping[str, Any]) -> SessionUser:
+    def _user_from_claims(
+        self, trusted: _TrustedIssuer, payload: Mapping[str, Any], digest: bytes
+    ) -> SessionUser:
         now = self._wall_clock()
         expires_at = _required(_time_claim(payload, "exp", "expiry"), "exp", "expiry")
         issued_at = _required(_time_claim(payload, "iat", "issued-at"), "iat", "issued-at")
@@ -326,6 +330,7 @@ class SessionVerifier:
             claims=MappingProxyType(dict(payload)),
             issuer=trusted.name,
             expires_at=expires_at,
+            session=digest,
         )
         if expires_at + self._leeway <= now:
             raise SessionExpired()

@@ -862,6 +862,14 @@ def probe_calls(scenario: Scenario) -> tuple[Call, ...]:
     return (*by_session, *by_service)
 
 
+@dataclass(frozen=True)
+class InForce:
+    """The policy in force, as the flow sees it (the runtime's ActivePolicy has more)."""
+
+    policy: Policy
+    providers: Mapping[str, BaseProvider]
+
+
 def acting_user(world: World, call: Call) -> User:
     spec = world.users[call.user]
     if call.service is not None:
@@ -882,6 +890,11 @@ def acting_user(world: World, call: Call) -> User:
         claims=spec.claims,
         issuer="app-backend",
         expires_at=time.time() + 3600,
+        # As the verifier does: a digest of what the session says (its token), so the
+        # flow's plan memo serves these users too.
+        session=hashlib.sha256(
+            orjson.dumps([spec.id, spec.tenants, spec.roles, spec.email, spec.claims])
+        ).digest(),
     )
 
 
@@ -893,6 +906,7 @@ async def run_scenario(config: PolicyConfig, scenario: Scenario) -> Run:
     flow = TokenFlow(
         cache=MemoryTokenCache(config.cache.max_entries),
         caller=VendorCaller(metrics=metrics),
+        limiter=limiter,
         metrics=metrics,
     )
     vendors = FakeVendors()
@@ -901,14 +915,13 @@ async def run_scenario(config: PolicyConfig, scenario: Scenario) -> Run:
         name: provider_class(block.type)(name, block, transport)
         for name, block in config.providers.items()
     }
+    active = InForce(policy, providers)
 
     async def attempt(call: Call) -> Result:
         try:
             return await flow.issue(
-                policy=policy,
-                providers=providers,
-                limiter=limiter,
-                user=acting_user(world, call),
+                active,
+                acting_user(world, call),
                 tenant=call.tenant,
                 embed=call.embed,
                 caller=f"service:{call.service}" if call.service else "session",
