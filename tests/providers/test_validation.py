@@ -57,7 +57,11 @@ def test_unknown_fields_are_errors_by_default_with_a_hint_and_no_values() -> Non
 
 
 def test_allowed_unknown_fields_are_returned_at_any_depth() -> None:
-    body = {"title": "t", "zeta": 1, "items": [{"name": "a"}, {"name": "b", "extra": [1]}]}
+    body: dict[str, Any] = {
+        "title": "t",
+        "zeta": 1,
+        "items": [{"name": "a"}, {"name": "b", "extra": [1]}],
+    }
 
     assert validate_body(Body, body, allow_unknown_fields=True) == ("items.1.extra", "zeta")
     assert body["items"][1] == {"name": "b", "extra": [1]}  # the caller's body is untouched
