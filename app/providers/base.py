@@ -39,6 +39,19 @@ def check_vendor_url(url: AnyHttpUrl) -> AnyHttpUrl:
 VendorUrl = Annotated[AnyHttpUrl, AfterValidator(check_vendor_url)]
 
 
+def check_script_url(url: AnyHttpUrl) -> AnyHttpUrl:
+    """A loader script runs in the user's page: over plain http anyone on the path could
+    replace it. Allowed only where VendorUrl allows http (loopback, single-label hosts)."""
+    host = url.host or ""
+    if url.scheme == "https" or host in LOOPBACK_HOSTS or "." not in host:
+        return url
+    raise ValueError("a script over plain http can be altered on the way; use https")
+
+
+ScriptUrl = Annotated[AnyHttpUrl, AfterValidator(check_script_url)]
+"""The URL of a vendor's web-component loader, given to the front end as element.script."""
+
+
 class ProviderConfigBase(StrictModel):
     """Settings every provider type has."""
 

@@ -18,6 +18,7 @@ from app.providers.base import (
     EmbedElementConfig,
     IssuedToken,
     ProviderConfigBase,
+    ScriptUrl,
     StrictModel,
     VendorUrl,
 )
@@ -44,7 +45,7 @@ class DatabrainConfig(ProviderConfigBase):
     type: Literal["databrain"]
     base_url: VendorUrl = AnyHttpUrl(DEFAULT_BASE_URL)
     api_key: SecretStr = Field(min_length=1)
-    script_url: VendorUrl | None = None
+    script_url: ScriptUrl | None = None
     """Where the front end loads Databrain's web components from (element.script); none
     by default: most apps bundle the ``@databrainhq/plugin`` package."""
 

@@ -24,6 +24,7 @@ from app.providers.base import (
     EmbedElementConfig,
     IssuedToken,
     ProviderConfigBase,
+    ScriptUrl,
     StrictModel,
     VendorUrl,
 )
@@ -62,7 +63,7 @@ class EmbeddableRegionConfig(StrictModel):
     api_key: SecretStr = Field(min_length=1)
     base_url: VendorUrl | None = None
     """Defaults to https://api.<region>.embeddable.com for us and eu."""
-    script_url: VendorUrl | None = None
+    script_url: ScriptUrl | None = None
     """The region's component loader, given to the front end as element.script. Defaults
     to Embeddable's loader for us and eu; ``null`` sends none (a bundled loader)."""
 

@@ -242,7 +242,7 @@ def test_a_script_url_is_given_to_the_front_end_with_the_element() -> None:
     assert built.element(EmbedElementConfig(metric_id="m-7"), None) == Element(
         "dbn-metric", {"metric-id": "m-7"}, script
     )
-    with pytest.raises(ValidationError, match="cleartext"):
+    with pytest.raises(ValidationError, match="script over plain http"):
         DatabrainConfig.model_validate(
             {"type": "databrain", "api_key": "k", "script_url": "http://cdn.example.com/x.js"}
         )

@@ -285,7 +285,7 @@ def test_the_loader_script_follows_the_region_and_is_configurable() -> None:
     assert built.element(None, "eu").script == "https://cdn.example.com/em.js"
     assert built.element(None, "ap").script is None  # no known loader for a custom region
     assert built.element(None, "dev").script is None  # null: the app bundles the loader
-    with pytest.raises(ValidationError, match="cleartext"):
+    with pytest.raises(ValidationError, match="script over plain http"):
         EmbeddableConfig.model_validate(
             {
                 "type": "embeddable",
