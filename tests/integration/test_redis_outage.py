@@ -7,6 +7,7 @@ restarted on the same port, which must never happen to a developer's Redis.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from tests.integration.brokers import (
     running_sandbox,
     unique_user,
 )
+from tests.support.eventually import eventually
 from tests.support.policies import base_policy, write_policy
 from tests.support.redis import RedisServer, start_private_redis
 
@@ -51,6 +53,12 @@ class Replicas:
     def readiness(self, broker: BrokerProcess) -> tuple[int, dict[str, Any]]:
         response = self.client.get(f"{broker.url}/readyz")
         return response.status_code, response.json()
+
+    def ping_failures(self, broker: BrokerProcess) -> float:
+        response = self.client.get(f"{broker.url}/metrics")
+        assert response.status_code == 200, f"GET /metrics: {response.status_code}"
+        found = metric_value(response.text, 'token_broker_redis_errors_total{operation="ping"}')
+        return found or 0.0
 
     def redis_gauge(self, broker: BrokerProcess) -> float | None:
         response = self.client.get(f"{broker.url}/metrics")
@@ -155,6 +163,10 @@ def test_metrics_show_redis_unavailable_during_the_outage(replicas: Replicas) ->
         assert replicas.redis_gauge(broker) == 1
 
 
+def probed_again(replicas: Replicas, broker: BrokerProcess, before: float) -> bool:
+    return replicas.ping_failures(broker) > before
+
+
 def test_sharing_resumes_after_redis_restarts(replicas: Replicas) -> None:
     unavailable_logs = {b.name: len(b.log_events("redis.unavailable")) for b in replicas.brokers}
     recovered_logs = {b.name: len(b.log_events("redis.recovered")) for b in replicas.brokers}
@@ -163,7 +175,12 @@ def test_sharing_resumes_after_redis_restarts(replicas: Replicas) -> None:
             for _ in range(3):
                 token_for(replicas, broker, unique_user("outage"))
         # Let the background probe fail at least once more: still one log line per outage.
-        time.sleep(2.5)
+        probes = {b.name: replicas.ping_failures(b) for b in replicas.brokers}
+        for broker in replicas.brokers:
+            eventually(
+                functools.partial(probed_again, replicas, broker, probes[broker.name]),
+                what=f"{broker.name}'s Redis probe fails again",
+            )
 
     user = unique_user("after-outage")
     minted = token_for(replicas, replicas.a, user)

@@ -10,7 +10,6 @@ no issued token may appear in its output, in any response (body or headers), or 
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import httpx
 import pytest
 
 from app.sandbox import create_sandbox_app
+from tests.support.eventually import eventually
 from tests.support.policies import BASE_ENV, SERVICE_KEY, base_policy, write_policy
 from tests.support.process import broker_process
 from tests.support.servers import free_port, serve_in_thread
@@ -208,13 +208,25 @@ def test_no_secret_token_or_key_appears_anywhere(tmp_path: Path, sandbox: str) -
         good["embeds"]["sales-overview"]["title"] = "Reloaded"
         write_policy(tmp_path, good)
         broker.signal(signal.SIGHUP)
+        eventually(
+            lambda: (
+                'token_broker_config_reloads_total{outcome="success"} 1.0'
+                in send("GET", "/metrics").text
+            ),
+            what="the good reload",
+        )
         bad = leak_policy()
         bad["providers"]["databrain"]["api_key"] = "${NOT_SET_ANYWHERE}"
-        time.sleep(0.5)
         write_policy(tmp_path, bad)
         broker.signal(signal.SIGHUP)
-        time.sleep(0.5)
-        metrics_text = send("GET", "/metrics").text
+
+        def after_the_bad_reload() -> str:
+            text = send("GET", "/metrics").text
+            return (
+                text if 'token_broker_config_reloads_total{outcome="failure"} 1.0' in text else ""
+            )
+
+        metrics_text = eventually(after_the_bad_reload, what="the bad reload")
         assert 'token_broker_config_reloads_total{outcome="failure"} 1.0' in metrics_text
         assert 'token_broker_config_reloads_total{outcome="success"} 1.0' in metrics_text
         send("GET", "/readyz")
