@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from app import explain, policy_tests
 from app.config.loader import ConfigError, load_policy_file
 from app.config.models import PolicyConfig
 from app.settings import Settings
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="broker port (default 8080)")
     demo.add_argument("--sandbox-port", type=int, default=8090, help="sandbox port (default 8090)")
     demo.set_defaults(handler=cmd_demo)
+
+    explain.add_parser(commands)
+    policy_tests.add_parser(commands)
     return parser
 
 

@@ -156,6 +156,8 @@ class SandboxState:
             "headers": headers,
             "body": body,
             "body_error": body_error,
+            # The exact bytes received, for byte-level comparisons (explain's output).
+            "body_sha256": hashlib.sha256(raw).hexdigest(),
             "authorized": None,
             "fault": None,
             "status": None,

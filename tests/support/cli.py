@@ -1,0 +1,28 @@
+"""``token-broker`` as a user runs it: a child process from the repository root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI_TIMEOUT_SECONDS = 120
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run ``token-broker ARGS`` (the installed console script's module) and capture it."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=CLI_TIMEOUT_SECONDS,
+        check=False,
+    )
