@@ -17,10 +17,10 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from app import explain, policy_tests
 from app.config.loader import ConfigError, load_policy_file
 from app.config.models import PolicyConfig
 from app.settings import Settings
@@ -186,6 +186,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(broker_port=args.port, sandbox_port=args.sandbox_port)
 
 
+# --- explain, test (dry runs of the token flow) ---------------------------------------
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from app.explain import run_explain
+
+    return run_explain(args)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from app.policy_tests import run_tests
+
+    return run_tests(args)
+
+
 # --- parser ---------------------------------------------------------------------------
 
 
@@ -252,9 +267,65 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sandbox-port", type=int, default=8090, help="sandbox port (default 8090)")
     demo.set_defaults(handler=cmd_demo)
 
-    explain.add_parser(commands)
-    policy_tests.add_parser(commands)
+    _add_explain(commands)
+    _add_test(commands)
     return parser
+
+
+def _add_explain(commands: Any) -> None:
+    explain = commands.add_parser(
+        "explain",
+        help="dry run: the decision and the exact vendor request, without calling the vendor",
+        description="Dry run one token request through the real token flow: print the "
+        "decision (allowed, or the error code and the policy rule behind it), the tenant "
+        "and region, and the vendor request that would be sent (URL, headers with secrets "
+        "masked, body exactly as sent). Nothing is sent. Exit 0 allowed, 1 denied, 2 bad input.",
+    )
+    explain.add_argument("--user", required=True, metavar="ID", help="the user id")
+    explain.add_argument(
+        "--tenant",
+        required=True,
+        action="append",
+        metavar="ID",
+        help="the session's tenant (repeat for a multi-tenant user, then say --act-for)",
+    )
+    explain.add_argument(
+        "--act-for", metavar="ID", help="the request's tenant field: which tenant to act for"
+    )
+    explain.add_argument("--roles", default="", help="comma-separated roles, e.g. viewer,analyst")
+    explain.add_argument("--email", help="the user's email ({user.email})")
+    explain.add_argument(
+        "--claim",
+        action="append",
+        metavar="NAME=VALUE",
+        help="a further session claim for {user.claims.*}; repeatable; a.b=v nests; "
+        'VALUE is JSON when it parses as JSON (3, true, ["x"]), else a string',
+    )
+    explain.add_argument("--embed", required=True, metavar="NAME", help="the embed to ask for")
+    explain.add_argument(
+        "--service",
+        metavar="NAME",
+        help="ask as this internal service (POST /internal/v1/tokens) instead of a session",
+    )
+    explain.add_argument("--config", metavar="PATH", help="policy file (default: BROKER_CONFIG)")
+    explain.add_argument("--json", action="store_true", help="print one JSON document")
+    explain.set_defaults(handler=cmd_explain)
+
+
+def _add_test(commands: Any) -> None:
+    test = commands.add_parser(
+        "test",
+        help="run policy test cases (tenant isolation you can keep under CI)",
+        description='Run policy test cases (config.md "Policy tests") through the real '
+        "token flow without calling any vendor: one line per case, then 'N passed, M "
+        "failed'. Without FILES, runs the cases file beside the policy (demo.yaml -> "
+        "demo.cases.yaml). Exit 0 all passed, 1 a case failed, 2 the tests could not run.",
+    )
+    test.add_argument(
+        "files", nargs="*", metavar="CASES.yaml", help="case files or directories of them"
+    )
+    test.add_argument("--config", metavar="PATH", help="policy file (default: BROKER_CONFIG)")
+    test.set_defaults(handler=cmd_test)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import hashlib
-import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,11 +199,6 @@ class DryRun:
         }
         self._metrics = Metrics.create()
         self._secrets = configured_secrets(config)
-        # A flow that fails unexpectedly logs the traceback on token_broker.issuance;
-        # a dry run reports it as internal_error instead (one line, never a traceback).
-        quiet = logging.getLogger("token_broker")
-        if not any(isinstance(h, logging.NullHandler) for h in quiet.handlers):
-            quiet.addHandler(logging.NullHandler())
 
     # -- input ----------------------------------------------------------------------------
 

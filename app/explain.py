@@ -12,19 +12,18 @@ embed, tenant or service, a ``--claim`` without ``=``).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from app.config.loader import ConfigError, load_policy_file
 from app.config.models import PolicyConfig
+from app.dryrun import Decision, DryRun, DryRunInputError, DryRunRequest
 from app.settings import Settings
-
-if TYPE_CHECKING:
-    from app.dryrun import Decision
 
 EXIT_ALLOWED = 0
 EXIT_DENIED = 1
@@ -54,6 +53,26 @@ def load_policy(path: Path) -> PolicyConfig | None:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return None
+
+
+def emit(text: str) -> None:
+    """Write ``text`` and a newline to stdout as UTF-8, whatever the locale's encoding:
+    the body line is the vendor's bytes, and a policy value may be any Unicode."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # a text-only stream (tests redirect stdout to StringIO)
+        sys.stdout.write(text + "\n")
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8") + b"\n")
+    buffer.flush()
+
+
+def quiet_flow_logs() -> None:
+    """No log lines from the flow on the terminal: an unexpected error in a dry run is
+    reported as its ``internal_error`` decision, never as a logged traceback."""
+    flow_logs = logging.getLogger("token_broker")
+    if not any(isinstance(handler, logging.NullHandler) for handler in flow_logs.handlers):
+        flow_logs.addHandler(logging.NullHandler())
 
 
 def parse_claims(pairs: list[str]) -> dict[str, Any]:
@@ -170,9 +189,8 @@ def render_json(decision: Decision) -> dict[str, Any]:
 # --- the command --------------------------------------------------------------------------
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
-    from app.dryrun import DryRun, DryRunInputError, DryRunRequest
-
+def run_explain(args: argparse.Namespace) -> int:
+    """``token-broker explain`` (the arguments are defined in app.cli)."""
     try:
         claims = parse_claims(args.claim or [])
     except UsageError as exc:
@@ -180,6 +198,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     config = load_policy(policy_path(args.config))
     if config is None:
         return EXIT_DENIED
+    quiet_flow_logs()
     tenants = tuple(args.tenant)
     request = DryRunRequest(
         user_id=args.user,
@@ -198,56 +217,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     except DryRunInputError as exc:
         return _bad_input(str(exc))
     if args.json:
-        sys.stdout.write(orjson.dumps(render_json(decision), option=orjson.OPT_INDENT_2).decode())
-        sys.stdout.write("\n")
+        emit(orjson.dumps(render_json(decision), option=orjson.OPT_INDENT_2).decode())
     else:
-        print(render_text(decision))
+        emit(render_text(decision))
     return EXIT_ALLOWED if decision.allowed else EXIT_DENIED
 
 
 def _bad_input(message: str) -> int:
     print(f"token-broker explain: {message}", file=sys.stderr)
     return EXIT_BAD_INPUT
-
-
-def add_parser(commands: Any) -> None:
-    """Register ``explain`` on the CLI's subcommand parsers."""
-    explain = commands.add_parser(
-        "explain",
-        help="dry run: the decision and the exact vendor request, without calling the vendor",
-        description="Dry run one token request through the real token flow: print the "
-        "decision (allowed, or the error code and the policy rule behind it), the tenant "
-        "and region, and the vendor request that would be sent (URL, headers with secrets "
-        "masked, body exactly as sent). Nothing is sent. Exit 0 allowed, 1 denied, 2 bad input.",
-    )
-    explain.add_argument("--user", required=True, metavar="ID", help="the user id")
-    explain.add_argument(
-        "--tenant",
-        required=True,
-        action="append",
-        metavar="ID",
-        help="the session's tenant (repeat for a multi-tenant user, then say --act-for)",
-    )
-    explain.add_argument(
-        "--act-for",
-        metavar="ID",
-        help="the request's tenant field: which of several tenants to act for",
-    )
-    explain.add_argument("--roles", default="", help="comma-separated roles, e.g. viewer,analyst")
-    explain.add_argument("--email", help="the user's email ({user.email})")
-    explain.add_argument(
-        "--claim",
-        action="append",
-        metavar="NAME=VALUE",
-        help="a further session claim for {user.claims.*}; repeatable; a.b=v nests; "
-        'VALUE is JSON when it parses as JSON (3, true, ["x"]), else a string',
-    )
-    explain.add_argument("--embed", required=True, metavar="NAME", help="the embed to ask for")
-    explain.add_argument(
-        "--service",
-        metavar="NAME",
-        help="ask as this internal service (POST /internal/v1/tokens) instead of a session",
-    )
-    explain.add_argument("--config", metavar="PATH", help="policy file (default: BROKER_CONFIG)")
-    explain.add_argument("--json", action="store_true", help="print one JSON document")
-    explain.set_defaults(handler=cmd_explain)

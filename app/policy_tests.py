@@ -32,7 +32,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 from pydantic import (
@@ -46,10 +46,8 @@ from pydantic import (
 )
 
 from app.config.loader import ConfigError, format_path, parse_yaml
-from app.explain import load_policy, policy_path
-
-if TYPE_CHECKING:
-    from app.dryrun import Decision, DryRun
+from app.dryrun import Decision, DryRun, DryRunInputError, DryRunRequest
+from app.explain import emit, load_policy, policy_path, quiet_flow_logs
 
 EXIT_PASSED = 0
 EXIT_FAILED = 1
@@ -293,8 +291,6 @@ class CaseResult:
 
 
 def run_case(dry: DryRun, case: Case, where: str) -> CaseResult:
-    from app.dryrun import DryRunInputError, DryRunRequest
-
     request = DryRunRequest(
         user_id=case.user.id,
         tenants=case.user.tenant_ids,
@@ -353,24 +349,23 @@ def run_files(dry: DryRun, files: Mapping[Path, CaseFile]) -> tuple[int, int]:
     passed = failed = 0
     for path, case_file in files.items():
         count = len(case_file.cases)
-        print(f"{path} ({count} case{'s' if count != 1 else ''})")
+        emit(f"{path} ({count} case{'s' if count != 1 else ''})")
         for index, case in enumerate(case_file.cases):
             result = run_case(dry, case, f"cases[{index}]")
             if result.passed:
                 passed += 1
-                print(f"  pass  {result.name}")
+                emit(f"  pass  {result.name}")
             else:
                 failed += 1
-                print(f"  FAIL  {result.name}: {result.message}")
+                emit(f"  FAIL  {result.name}: {result.message}")
     return passed, failed
 
 
 # --- the command --------------------------------------------------------------------------
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    from app.dryrun import DryRun
-
+def run_tests(args: argparse.Namespace) -> int:
+    """``token-broker test`` (the arguments are defined in app.cli)."""
     path = policy_path(args.config)
     config = load_policy(path)
     if config is None:
@@ -388,23 +383,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print("token-broker test: no case was run", file=sys.stderr)
         return EXIT_NOT_RUN
+    quiet_flow_logs()
     passed, failed = run_files(DryRun(config), loaded)
-    print(f"{passed} passed, {failed} failed")
+    emit(f"{passed} passed, {failed} failed")
     return EXIT_FAILED if failed else EXIT_PASSED
-
-
-def add_parser(commands: Any) -> None:
-    """Register ``test`` on the CLI's subcommand parsers."""
-    test = commands.add_parser(
-        "test",
-        help="run policy test cases (tenant isolation you can keep under CI)",
-        description='Run policy test cases (config.md "Policy tests") through the real '
-        "token flow without calling any vendor: one line per case, then 'N passed, M "
-        "failed'. Without FILES, runs the cases file beside the policy (demo.yaml -> "
-        "demo.cases.yaml). Exit 0 all passed, 1 a case failed, 2 the tests could not run.",
-    )
-    test.add_argument(
-        "files", nargs="*", metavar="CASES.yaml", help="case files or directories of them"
-    )
-    test.add_argument("--config", metavar="PATH", help="policy file (default: BROKER_CONFIG)")
-    test.set_defaults(handler=cmd_test)

@@ -22,7 +22,7 @@ EXAMPLE_ENV = read_env_file(ROOT / ".env.example")
 
 def body_line(stdout: str) -> bytes:
     """The body exactly as printed: the line after ``body (N bytes exactly as sent):``."""
-    lines = stdout.splitlines()
+    lines = stdout.split("\n")  # not splitlines(): JSON may hold U+2028 unescaped
     index = next(i for i, line in enumerate(lines) if line.startswith("body ("))
     return lines[index + 1].encode("utf-8")
 
@@ -186,3 +186,10 @@ def test_an_invalid_policy_is_exit_1_with_its_path(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "embeds.sales-overview.allow.tenant: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["explain", "test"])
+def test_both_commands_have_help(command: str) -> None:
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert f"token-broker {command}" in result.stdout and "Exit 0" in result.stdout

@@ -52,14 +52,20 @@ def explain(*args: str) -> tuple[int, str]:
     return code, out.getvalue()
 
 
+def printed_lines(stdout: str) -> list[str]:
+    """Lines as a terminal or a pipe sees them: split at "\n" only. str.splitlines()
+    would also split at U+0085 or U+2028, which a JSON string may hold unescaped."""
+    return stdout.split("\n")
+
+
 def printed_body(stdout: str) -> bytes:
-    lines = stdout.splitlines()
+    lines = printed_lines(stdout)
     index = next(i for i, line in enumerate(lines) if line.startswith("body ("))
     return lines[index + 1].encode("utf-8")
 
 
 def printed_url(stdout: str) -> str:
-    line = next(line for line in stdout.splitlines() if line.startswith("vendor request"))
+    line = next(line for line in printed_lines(stdout) if line.startswith("vendor request"))
     return line.rsplit(" ", 1)[1]
 
 
@@ -71,6 +77,10 @@ def printed_url(stdout: str) -> str:
 @example(  # both vendors allowed, a claim read by a role addition
     user="alice", tenants=["acme"], act_for=None, roles=["analyst"], audit_scope=None,
     embed="ops-dashboard",
+)  # fmt: skip
+@example(  # a line separator JSON leaves unescaped: the body stays one printed line
+    user="\x85\u2028", tenants=["globex"], act_for=None, roles=["viewer"], audit_scope=None,
+    embed="sales-overview",
 )  # fmt: skip
 @example(
     user="dave", tenants=["acme", "globex"], act_for="globex", roles=["viewer", "auditor"],
@@ -112,7 +122,7 @@ def test_explain_prints_the_bytes_the_vendor_receives(
     token = session_token(user, tenants, roles, email=None, **claims)
     answer = stack.token(embed, token, **{k: v for k, v in request_body.items() if k != "embed"})
 
-    decision = stdout.splitlines()[0]
+    decision = printed_lines(stdout)[0]
     event(decision)
     if answer.status_code == 200:
         assert (code, decision) == (0, "decision: allowed"), stdout
