@@ -48,10 +48,11 @@ def test_an_allowed_request_shows_decision_tenant_region_and_the_exact_request()
     assert f"  Content-Length: {len(body)}\n" in out
     assert orjson.loads(body) == {
         "clientId": "acme",
-        "dataAppName": "opsapp",
+        "dataAppName": "ops-dashboard-app",
         "datasourceName": "acme-warehouse",
         "params": {
             "userIdentifier": "alice",
+            "allowedEmbeds": ["ops-dash"],
             "dashboardAppFilters": [{"dashboardId": "ops-dash", "values": {"region": ["eu-west"]}}],
         },
         "permissions": {
