@@ -288,23 +288,17 @@ class DryRun:
         flow = TokenFlow(
             cache=MemoryTokenCache(self.config.cache.max_entries),
             caller=caller,
+            limiter=RateLimiter(self.config.limits, redis=None, metrics=None, key_prefix="dry:"),
             metrics=self._metrics,
         )
-        limiter = RateLimiter(self.config.limits, redis=None, metrics=None, key_prefix="dry-run:")
         requested = request.tenant
         if service is not None and requested is None:
             requested = request.tenants[0]  # the service endpoint's user.tenant
         who = f"service:{request.service}" if service is not None else "session"
         try:
+            # This object is the policy in force: the Policy and providers of one file.
             grant = await flow.issue(
-                policy=self.policy,
-                providers=self.providers,
-                limiter=limiter,
-                user=user,
-                tenant=requested,
-                embed=request.embed,
-                caller=who,
-                service=service,
+                self, user, embed=request.embed, tenant=requested, caller=who, service=service
             )
         except VendorRequestCaptured as captured:
             call = caller.calls[-1]

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -109,18 +110,15 @@ def test_explain_prints_the_bytes_the_vendor_receives(
     args += [f"--roles={','.join(roles)}"]
     if act_for is not None:
         args.append(f"--act-for={act_for}")
-    claims = {}
+    claims: dict[str, Any] = {}
     if audit_scope is not None:
         claims["audit_scope"] = audit_scope
         args.append(f"--claim=audit_scope={orjson.dumps(audit_scope).decode()}")
     code, stdout = explain(*args)
     assert stack.vendor_requests() == []  # explain never calls the vendor
 
-    request_body: dict[str, str] = {"embed": embed}
-    if act_for is not None:
-        request_body["tenant"] = act_for
     token = session_token(user, tenants, roles, email=None, **claims)
-    answer = stack.token(embed, token, **{k: v for k, v in request_body.items() if k != "embed"})
+    answer = stack.token(embed, token, **({"tenant": act_for} if act_for is not None else {}))
 
     decision = printed_lines(stdout)[0]
     event(decision)
