@@ -3,8 +3,12 @@
 # token-broker container image.
 #
 #   docker build -t token-broker .
+#   cp config/broker.example.yaml config/broker.yaml    # your policy; then edit it
 #   docker run --read-only --tmpfs /tmp -p 8080:8080 --env-file .env \
-#     -v "$PWD/config:/app/config:ro" token-broker     # policy: ./config/broker.yaml
+#     -v "$PWD/config:/app/config:ro" token-broker     # serves /app/config/broker.yaml
+#
+# .env holds the secrets your policy names (see .env.example). The folder, not the
+# file, is mounted so that an edited policy is picked up by the reload.
 #
 # docker-compose.yml runs it with the sandbox and Redis; deploy/kubernetes/ as a sidecar.
 #

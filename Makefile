@@ -23,8 +23,14 @@ $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --extra dev --python $(PYTHON)
 	@touch $@
 
+# `make run PORT=9080 SANDBOX_PORT=9090` when 8080 or 8090 is taken.
+PORT ?= 8080
+SANDBOX_PORT ?= 8090
+# The policy `make check-config` validates: yours once config/broker.yaml exists.
+CONFIG ?= $(if $(wildcard config/broker.yaml),config/broker.yaml,config/demo.yaml)
+
 run: $(STAMP) ## sandbox vendors + broker on config/demo.yaml, prints curl commands
-	$(BIN)/token-broker demo
+	$(BIN)/token-broker demo --port $(PORT) --sandbox-port $(SANDBOX_PORT)
 
 test: $(STAMP) ## the whole test suite
 	$(BIN)/pytest
@@ -44,8 +50,8 @@ format: $(STAMP)
 bench: $(STAMP) ## the benchmark harness (needs wrk); writes bench/RESULTS.md
 	$(BIN)/python -m bench.run
 
-check-config: $(STAMP)
-	$(BIN)/token-broker check-config
+check-config: $(STAMP) ## validate $(CONFIG) and the BROKER_* environment
+	$(BIN)/token-broker check-config $(CONFIG)
 
 clean:
 	rm -rf $(VENV) $(TOOLS) dist build .mypy_cache .ruff_cache .pytest_cache .hypothesis

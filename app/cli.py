@@ -11,22 +11,26 @@ time; no import here is deferred to avoid a cycle.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from app.config.loader import ConfigError, load_policy_file
 from app.config.models import PolicyConfig
-from app.settings import Settings
+from app.settings import Settings, SettingsError, load_settings, unknown_variables
+from app.version import package_version
 
 EXIT_OK = 0
 EXIT_INVALID = 1
+WORKER_HEALTHCHECK_SECONDS = 60
+DEFAULT_CONFIG = Path("config/broker.yaml")
+DEMO_CONFIG = Path("config/demo.yaml")
 
 
 def _fail(message: str) -> int:
@@ -34,8 +38,35 @@ def _fail(message: str) -> int:
     return EXIT_INVALID
 
 
-def _settings() -> Settings:
-    return Settings()
+def _settings_or_report() -> Settings | None:
+    """The environment settings, or None after one line per bad variable."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"token-broker: {problem}", file=sys.stderr)
+        return None
+    for name in unknown_variables():
+        print(f"token-broker: warning: {name} is not a token-broker setting", file=sys.stderr)
+    return settings
+
+
+def _policy_path(explicit: str | None, how_to_pass: str) -> Path | None:
+    """The policy file to use: the argument, else ``BROKER_CONFIG``, else the default
+    when it exists. In a fresh clone there is no ``config/broker.yaml``: say in one
+    line what to pass instead of failing on a file nobody created."""
+    if explicit:
+        return Path(explicit)
+    configured = os.environ.get("BROKER_CONFIG")
+    if configured:
+        return Path(configured)
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG
+    _fail(
+        f"no policy file at {DEFAULT_CONFIG} (the default); {how_to_pass}, or set "
+        "BROKER_CONFIG (config/broker.example.yaml is a template to copy)"
+    )
+    return None
 
 
 def _load_or_report(path: Path) -> PolicyConfig | None:
@@ -81,13 +112,25 @@ def summarize(config: PolicyConfig) -> str:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    path = Path(args.path) if args.path else _settings().config
-    config = _load_or_report(path)
-    if config is None:
+    """The policy file and the environment settings: everything ``serve`` would refuse."""
+    settings = _settings_or_report()
+    path = _policy_path(args.path, f"pass one, e.g. `token-broker check-config {DEMO_CONFIG}`")
+    config = _load_or_report(path) if path is not None else None
+    if config is None or settings is None:
         return EXIT_INVALID
     print(f"{path}: valid")
     print(summarize(config))
+    print(f"environment: valid ({describe_settings(settings)})")
     return EXIT_OK
+
+
+def describe_settings(settings: Settings) -> str:
+    """What the environment chose, without any value that could be secret."""
+    mode = "Redis (shared cache and limits)" if settings.redis_url else "in-process state"
+    return (
+        f"{mode}; {settings.workers} worker{'s' if settings.workers > 1 else ''}; "
+        f"logs {settings.log_format} at {settings.log_level}"
+    )
 
 
 # --- serve ----------------------------------------------------------------------------
@@ -106,20 +149,32 @@ def _export_overrides(args: argparse.Namespace) -> None:
             os.environ[variable] = str(value)
 
 
+@contextlib.contextmanager
+def _multiprocess_metrics_dir() -> Iterator[None]:
+    """A private folder for prometheus-client's per-worker files, removed at exit.
+
+    A folder the operator set (``PROMETHEUS_MULTIPROC_DIR``) is theirs to manage."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="token-broker-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.observability.logging import configure_logging, logging_config
 
     _export_overrides(args)
-    try:
-        settings = _settings()
-    except ValidationError as exc:
-        details = "; ".join(
-            f"BROKER_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-            for err in exc.errors(include_input=False, include_url=False)
-        )
-        return _fail(f"invalid environment settings: {details}")
+    settings = _settings_or_report()
+    if settings is None or _policy_path(None, "pass --config PATH") is None:
+        return EXIT_INVALID
     if _load_or_report(settings.config) is None:
         return EXIT_INVALID
 
@@ -139,10 +194,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     if settings.workers > 1:
         # prometheus-client aggregates workers through files in this directory.
-        os.environ.setdefault(
-            "PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="token-broker-metrics-")
-        )
-        uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+        with _multiprocess_metrics_dir():
+            uvicorn.run(
+                "app.main:create_app",
+                factory=True,
+                workers=settings.workers,
+                # A spawned worker imports everything before it can answer the
+                # supervisor's ping; on a CPU-throttled pod that takes longer than
+                # uvicorn's 5 s default, and the worker would be killed in a loop.
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
+                **common,  # type: ignore[arg-type]
+            )
     else:
         from app.main import create_app
 
@@ -155,17 +217,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_dev_token(args: argparse.Namespace) -> int:
     from app.auth import mint_dev_token
+    from app.config.loader import load_session_section
 
-    path = Path(args.config) if args.config else _settings().config
-    config = _load_or_report(path)
-    if config is None:
-        return EXIT_INVALID
     if args.ttl <= 0:
         return _fail("--ttl must be positive")
+    path = _policy_path(args.config, f"pass --config PATH, e.g. --config {DEMO_CONFIG}")
+    if path is None:
+        return EXIT_INVALID
+    try:
+        # Only the session section: minting a session needs no vendor API key.
+        session = load_session_section(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID
     roles = [role.strip() for role in args.roles.split(",") if role.strip()]
     try:
         token = mint_dev_token(
-            config.session, user=args.user, tenant=args.tenant, roles=roles, ttl_seconds=args.ttl
+            session, user=args.user, tenant=args.tenant, roles=roles, ttl_seconds=args.ttl
         )
     except ValueError as exc:
         return _fail(str(exc))
@@ -209,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="token-broker",
         description="Mint short-lived embedded-analytics tokens without exposing vendor API keys.",
     )
+    parser.add_argument("--version", action="version", version=f"token-broker {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -224,9 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "check-config",
-        help="validate a policy file",
-        description="Load and validate a policy file; print a summary (never secrets). "
-        "Exit 0 when valid, 1 with the YAML path and reason when not.",
+        help="validate a policy file and the BROKER_* environment",
+        description="Load and validate a policy file and the BROKER_* environment settings; "
+        "print a summary (never secrets). Exit 0 when valid, 1 with the YAML path or the "
+        "variable and the reason when not.",
     )
     check.add_argument("path", nargs="?", help="policy file (default: BROKER_CONFIG)")
     check.set_defaults(handler=cmd_check_config)

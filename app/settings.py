@@ -2,24 +2,45 @@
 
 These are the things that differ between deployments of the same policy file. The
 policy itself lives in the YAML file named by ``BROKER_CONFIG`` (see ``app.config``).
+
+Every setting is validated here, in one place, before anything starts
+(:func:`load_settings`): ``serve``, ``demo`` and ``check-config`` all go through it,
+so a bad value is one line naming the variable and the reason, and never a traceback
+from deep inside the lifespan. A value is never printed: ``BROKER_REDIS_URL`` may hold
+a password and ``BROKER_CACHE_ENCRYPTION_KEY`` is a secret.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+ENV_PREFIX = "BROKER_"
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+MIN_ENCRYPTION_KEY_BYTES = 32
+# What RedisHealth's client accepts today (Cluster and Sentinel URLs join with fleet mode).
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+class SettingsError(ValueError):
+    """One or more invalid settings; ``problems`` are lines of ``BROKER_X: reason``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="BROKER_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     config: Path = Field(default=Path("config/broker.yaml"), description="policy file path")
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", min_length=1)
     port: int = Field(default=8080, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
     log_level: LogLevel = "info"
@@ -29,21 +50,94 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     """When set, token cache and rate limits are shared through Redis."""
     redis_key_prefix: str = Field(default="token-broker:", min_length=1, max_length=64)
-    cache_encryption_key: SecretStr | None = None
+    cache_encryption_key: SecretStr | None = Field(default=None, validate_default=True)
     """Secret (>= 32 bytes) from which the AES-GCM key for Redis cache values is derived."""
 
-    reload_interval_seconds: float = Field(default=5.0, ge=0)
+    reload_interval_seconds: float = Field(default=5.0, ge=0, allow_inf_nan=False)
     """How often the policy file is checked for changes; 0 turns polling off (SIGHUP still works)."""
-    shutdown_timeout_seconds: float = Field(default=10.0, ge=0)
-    gc_full_interval_seconds: float = Field(default=60.0, ge=0)
+    shutdown_timeout_seconds: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    gc_full_interval_seconds: float = Field(default=60.0, ge=0, allow_inf_nan=False)
     """Seconds between full garbage collections (app.collector); 0 keeps Python's policy."""
 
-    @field_validator("log_level", mode="before")
+    metrics_embed_labels: bool = False
+    """Label ``token_broker_tokens_total`` with embed names. ``/metrics`` needs no
+    credentials, and the API answers one ``embed_not_allowed`` for unknown and forbidden
+    embeds so that names cannot be enumerated; an operator who keeps ``/metrics``
+    private may opt in."""
+
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("redis_url", "cache_encryption_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value.get_secret_value())
+            parts.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError("not a valid URL") from None
+        if parts.scheme not in REDIS_SCHEMES:
+            raise ValueError(
+                "the scheme must be one of " + ", ".join(f"{s}://" for s in sorted(REDIS_SCHEMES))
+            )
+        if parts.scheme != "unix" and not parts.hostname:
+            raise ValueError("names no host")
+        return value
+
+    @field_validator("cache_encryption_key")
+    @classmethod
+    def _encryption_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # Runs for the default too (validate_default), so a Redis URL without a key is
+        # refused here, beside the other fields' problems. A bad URL was reported already.
+        if value is None:
+            if info.data.get("redis_url") is not None:
+                raise ValueError(
+                    "required when BROKER_REDIS_URL is set (a secret of at least "
+                    f"{MIN_ENCRYPTION_KEY_BYTES} bytes that encrypts the tokens cached in "
+                    "Redis; the same on every replica)"
+                )
+            return None
+        if len(value.get_secret_value().encode()) < MIN_ENCRYPTION_KEY_BYTES:
+            raise ValueError(f"must be at least {MIN_ENCRYPTION_KEY_BYTES} bytes")
+        return value
+
+
+def _problem_lines(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False, include_context=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+            lines.append(f"{name}: {message}")
+        else:
+            lines.append(message)
+    return lines
+
+
+def known_variables() -> frozenset[str]:
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """``BROKER_*`` variables that are no setting (a typo silently changes nothing)."""
+    environ = os.environ if environ is None else environ
+    known = known_variables()
+    return sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; raises :class:`SettingsError`, whose lines
+    name each bad variable and why (never its value)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_problem_lines(exc)) from None

@@ -98,3 +98,102 @@ def test_every_command_has_help(command: str) -> None:
 def test_unknown_command_is_a_usage_error() -> None:
     result = run_cli("frobnicate")
     assert result.returncode == 2
+
+
+# --- a fresh clone: no config/broker.yaml, no vendor keys --------------------------------
+
+
+def _clone_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("BROKER_", "SESSION_", "EMBEDDABLE_", "DATABRAIN_"))
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (("check-config",), "e.g. `token-broker check-config config/demo.yaml`"),
+        (("dev-token", "--user", "a", "--tenant", "acme"), "pass --config PATH"),
+        (("serve",), "pass --config PATH"),
+    ],
+)
+def test_without_a_policy_file_each_command_says_in_one_line_what_to_pass(
+    tmp_path: Path, args: tuple[str, ...], hint: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=tmp_path,  # like a fresh clone: there is no config/broker.yaml
+        env=_clone_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert "no policy file at config/broker.yaml" in line and hint in line
+    assert "BROKER_CONFIG" in line
+
+
+def test_dev_token_needs_only_the_session_secret(tmp_path: Path) -> None:
+    # The example policy names every vendor key; none of them is set here.
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "dev-token",
+            "--config",
+            str(ROOT / "config" / "broker.example.yaml"),
+            "--user",
+            "alice",
+            "--tenant",
+            "acme",
+        ],
+        cwd=tmp_path,
+        env={**_clone_env(), "SESSION_HS256_SECRET": "s" * 32},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(".") == 2
+
+
+def test_dev_token_names_the_missing_secret(tmp_path: Path) -> None:
+    result = run_cli(
+        "dev-token",
+        "--config",
+        str(ROOT / "config" / "broker.example.yaml"),
+        "--user",
+        "alice",
+        "--tenant",
+        "acme",
+        env={"SESSION_HS256_SECRET": ""},
+    )
+    assert result.returncode == 1
+    assert "session.issuers[1].secret: environment variable SESSION_HS256_SECRET" in result.stderr
+    assert "EMBEDDABLE" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_make_check_config_works_in_a_clone() -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-s", "check-config"],
+        cwd=ROOT,
+        env=_clone_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "config/demo.yaml: valid" in result.stdout
+
+
+def test_version() -> None:
+    from app.version import package_version
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"token-broker {package_version()}"
+    assert package_version()[0].isdigit()

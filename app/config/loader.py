@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from app.config.interpolation import interpolate_tree
-from app.config.models import EmbedConfig, PolicyConfig
+from app.config.models import EmbedConfig, PolicyConfig, SessionConfig
 from app.config.templates import (
     Missing,
     Reference,
@@ -121,6 +121,40 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def load_policy_file(path: Path | str, environ: Mapping[str, str] | None = None) -> PolicyConfig:
+    return load_policy_text(_read_policy_text(path), source=str(path), environ=environ)
+
+
+def load_session_section(
+    path: Path | str, environ: Mapping[str, str] | None = None
+) -> SessionConfig:
+    """Only the file's ``session`` section, interpolated and validated.
+
+    ``token-broker dev-token`` needs an issuer's secret, not every vendor API key: a
+    developer can mint a session with nothing but the HS secret in the environment.
+    """
+    source = str(path)
+    document = parse_yaml(_read_policy_text(path), source)
+    if not isinstance(document, dict) or not isinstance(document.get("session"), dict):
+        raise ConfigError(source, [ConfigIssue("session", "required key is missing")])
+    session, errors = interpolate_tree(
+        document["session"], os.environ if environ is None else environ, ("session",)
+    )
+    if errors:
+        raise ConfigError(source, [ConfigIssue(format_path(p), r) for p, r in errors])
+    try:
+        config = SessionConfig.model_validate(session)
+    except ValidationError as exc:
+        issues = _pydantic_issues(exc, {})
+        raise ConfigError(
+            source, [ConfigIssue(format_path(("session", i.path)), i.reason) for i in issues]
+        ) from None
+    issues = list(_check_issuers(config))
+    if issues:
+        raise ConfigError(source, issues)
+    return config
+
+
+def _read_policy_text(path: Path | str) -> str:
     source = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -134,7 +168,7 @@ def load_policy_file(path: Path | str, environ: Mapping[str, str] | None = None)
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(source, [ConfigIssue("", "file is not UTF-8 text")]) from None
-    return load_policy_text(text, source=source, environ=environ)
+    return text
 
 
 def load_policy_text(
@@ -193,15 +227,15 @@ def _pydantic_issues(exc: ValidationError, document: Mapping[str, Any]) -> list[
 def check_policy(policy: PolicyConfig, forwarded: list[str] | None = None) -> Iterable[ConfigIssue]:
     """Every cross-reference problem. ``forwarded`` collects the YAML paths of request
     fields let through by a provider's ``allow_unknown_fields``."""
-    yield from _check_issuers(policy)
+    yield from _check_issuers(policy.session)
     yield from _check_roles(policy)
     yield from _check_embeds(policy, [] if forwarded is None else forwarded)
     yield from _check_services(policy)
 
 
-def _check_issuers(policy: PolicyConfig) -> Iterable[ConfigIssue]:
+def _check_issuers(session: SessionConfig) -> Iterable[ConfigIssue]:
     seen: set[str] = set()
-    for index, issuer in enumerate(policy.session.issuers):
+    for index, issuer in enumerate(session.issuers):
         where = f"session.issuers[{index}]"
         if issuer.issuer in seen:
             yield ConfigIssue(f"{where}.issuer", "this issuer is configured twice")

@@ -219,3 +219,21 @@ def test_dockerignore_admits_only_what_the_builder_copies(stages: list[Stage]) -
     assert admitted == copied
     for source in copied:
         assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
+
+
+def test_the_example_docker_run_serves_a_file_it_told_you_to_create() -> None:
+    """The header's ``docker run`` mounts ./config as /app/config, where the image looks
+    for broker.yaml; a fresh clone has none, so the example must create it first."""
+    comment = [
+        line.removeprefix("#").strip()
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.startswith("#")
+    ]
+    run_at = next(i for i, line in enumerate(comment) if line.startswith("docker run"))
+    mounts = " ".join(comment[run_at : run_at + 3])
+    assert '-v "$PWD/config:/app/config:ro"' in mounts
+    assert not (REPO_ROOT / "config" / "broker.yaml").exists()  # as in a fresh clone
+    created = [line for line in comment[:run_at] if line.startswith("cp ")]
+    assert created, "the example must create config/broker.yaml before mounting it"
+    source, target = created[0].split()[1:3]
+    assert (REPO_ROOT / source).is_file() and target == "config/broker.yaml"
