@@ -112,17 +112,42 @@ class MethodNotAllowed(BrokerError):
     default_detail = "this endpoint does not accept that method"
 
 
+SESSION_REJECTION_REASONS = (
+    "missing",  # no credentials at all
+    "malformed",  # not a well-formed signed JWT, or the credential is sent wrongly
+    "too_large",  # longer than session.max_token_bytes
+    "unknown_issuer",  # iss missing or not a configured issuer
+    "algorithm_not_allowed",  # alg not on the issuer's allow-list, or not its key's
+    "unknown_key",  # kid not published by the issuer
+    "keys_unavailable",  # the issuer's JWKS has never been fetched
+    "bad_signature",
+    "wrong_audience",
+    "not_yet_valid",  # nbf or iat in the future
+    "invalid_claims",  # exp/iat missing, or the user, tenant or role claims unusable
+    "expired",
+    "origin_not_allowed",  # a cookie credential from another site
+    "invalid_service_key",  # /internal: missing or unknown service key
+)
+"""Why a credential was refused: the closed set of ``reason`` values of the
+``session.rejected`` audit event and ``token_broker_sessions_rejected_total``."""
+
+
 class AuthenticationError(BrokerError):
     status = 401
     code = "invalid_session"
     title = "Invalid session"
     default_detail = "the session token is not valid"
+    reason: str = "malformed"
+    """One of :data:`SESSION_REJECTION_REASONS`."""
+    issuer: str | None = None
+    """The configured issuer the token named, once known (for the audit event)."""
 
 
 class Unauthenticated(AuthenticationError):
     code = "unauthenticated"
     title = "Unauthenticated"
     default_detail = "no session credentials were sent"
+    reason = "missing"
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
@@ -132,14 +157,16 @@ class InvalidSession(AuthenticationError):
     code = "invalid_session"
     title = "Invalid session"
 
-    def __init__(self, detail: str | None = None) -> None:
+    def __init__(self, detail: str | None = None, *, reason: str = "malformed") -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        self.reason = reason
 
 
 class SessionExpired(AuthenticationError):
     code = "session_expired"
     title = "Session expired"
     default_detail = "the session token has expired"
+    reason = "expired"
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
@@ -149,6 +176,7 @@ class InvalidServiceKey(AuthenticationError):
     code = "invalid_service_key"
     title = "Invalid service key"
     default_detail = "the service key is missing or unknown"
+    reason = "invalid_service_key"
 
     def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
@@ -182,6 +210,8 @@ class OriginNotAllowed(PermissionDenied):
     code = "origin_not_allowed"
     title = "Origin not allowed"
     default_detail = "cookie credentials are not accepted from this origin"
+    reason = "origin_not_allowed"
+    issuer: str | None = None
 
 
 class RateLimited(BrokerError):

@@ -28,8 +28,9 @@ from app.api.schemas import (
 )
 from app.auth import extract_session_token
 from app.config.models import ServiceConfig
-from app.errors import InvalidRequest, InvalidServiceKey
+from app.errors import AuthenticationError, InvalidRequest, InvalidServiceKey, OriginNotAllowed
 from app.issuance import Grant, rate_limit_headers
+from app.observability.audit import session_rejected
 from app.policy import ServiceUser
 from app.providers.base import Element
 from app.runtime import ActivePolicy, Runtime
@@ -101,14 +102,18 @@ def _token_response(grant: Grant) -> Response:
     return JsonResponse(body, rate_limit_headers(grant.rate))
 
 
-async def _session_user(request: Request, active: ActivePolicy) -> Any:
+async def _session_user(request: Request, runtime: Runtime, active: ActivePolicy) -> Any:
     session = active.config.session
-    token = extract_session_token(
-        request.headers,
-        cookie_name=session.cookie,
-        allow_origins=active.config.cors.allow_origins,
-    )
-    return await active.verifier.verify(token)
+    try:
+        token = extract_session_token(
+            request.headers,
+            cookie_name=session.cookie,
+            allow_origins=active.config.cors.allow_origins,
+        )
+        return await active.verifier.verify(token)
+    except (AuthenticationError, OriginNotAllowed) as exc:
+        session_rejected(runtime.metrics, exc, caller="session")
+        raise
 
 
 @router.post(
@@ -122,7 +127,7 @@ async def _session_user(request: Request, active: ActivePolicy) -> Any:
 async def create_token(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
-    user = await _session_user(request, active)
+    user = await _session_user(request, runtime, active)
     wanted = await read_model(request, TokenRequest)
     grant = await runtime.flow.issue(active, user, embed=wanted.embed, tenant=wanted.tenant)
     return _token_response(grant)
@@ -149,7 +154,7 @@ async def create_token(request: Request) -> Response:
 async def list_embeds(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
-    user = await _session_user(request, active)
+    user = await _session_user(request, runtime, active)
     tenants = request.query_params.getlist("tenant")
     if len(tenants) > 1 or (tenants and not 1 <= len(tenants[0]) <= 128):
         raise InvalidRequest("tenant must be given once, 1 to 128 characters")
@@ -192,7 +197,11 @@ def _service_for(request: Request, active: ActivePolicy) -> tuple[str, ServiceCo
 async def create_token_for_service(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
-    name, service = _service_for(request, active)
+    try:
+        name, service = _service_for(request, active)
+    except InvalidServiceKey as exc:
+        session_rejected(runtime.metrics, exc, caller="service")
+        raise
     wanted = await read_model(request, InternalTokenRequest)
     user = ServiceUser(
         id=wanted.user.id,

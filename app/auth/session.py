@@ -34,7 +34,7 @@ from app.auth.jwks import JwksSource, JwksStore, KeySet
 from app.auth.tokenizer import UnverifiedToken, parse_compact_jws
 from app.config.models import ClaimsConfig, IssuerConfig, SessionConfig
 from app.config.templates import lookup_path
-from app.errors import InvalidSession, SessionExpired
+from app.errors import AuthenticationError, InvalidSession, SessionExpired
 from app.jose_keys import (
     HMAC_ALGORITHMS,
     MAX_KID_CHARS,
@@ -50,6 +50,7 @@ from app.observability.metrics import Metrics
 log = logging.getLogger("token_broker.auth")
 
 DEFAULT_SESSION_CACHE_ENTRIES: Final = 10_000
+MAX_LOGGED_ISSUER_CHARS: Final = 256
 _ABSENT: Final = object()
 
 
@@ -263,7 +264,7 @@ class SessionVerifier:
         if not isinstance(token, str):
             raise InvalidSession("session token is not text")
         if len(token) > self._max_token_bytes:
-            raise InvalidSession("session token is too large")
+            raise InvalidSession("session token is too large", reason="too_large")
         if not token.isascii():
             raise InvalidSession("session token segments must be unpadded base64url")
         cache_key = hashlib.sha256(token.encode("ascii")).digest()
@@ -278,17 +279,31 @@ class SessionVerifier:
         return user
 
     async def _verify_uncached(self, token: UnverifiedToken, digest: bytes) -> SessionUser:
+        named = token.payload.get("iss")
+        trusted = self._issuers.get(named) if isinstance(named, str) else None
+        try:
+            return await self._verify_for(token, digest, named, trusted)
+        except AuthenticationError as exc:
+            # For the session.rejected audit event: which issuer's tokens fail, and why.
+            exc.issuer = trusted.name if trusted is not None else _printable_issuer(named)
+            raise
+
+    async def _verify_for(
+        self, token: UnverifiedToken, digest: bytes, named: Any, trusted: _TrustedIssuer | None
+    ) -> SessionUser:
         alg = _checked_header(token.header)
-        issuer_name = token.payload.get("iss")
-        if not isinstance(issuer_name, str):
-            raise InvalidSession("token issuer (iss) is missing or not a string")
-        trusted = self._issuers.get(issuer_name)
+        if not isinstance(named, str):
+            raise InvalidSession(
+                "token issuer (iss) is missing or not a string", reason="unknown_issuer"
+            )
         if trusted is None:
-            raise InvalidSession("token issuer is not trusted")
+            raise InvalidSession("token issuer is not trusted", reason="unknown_issuer")
         if alg not in trusted.algorithms:
-            raise InvalidSession("token algorithm is not allowed for its issuer")
+            raise InvalidSession(
+                "token algorithm is not allowed for its issuer", reason="algorithm_not_allowed"
+            )
         if not await self._signature_is_valid(trusted, alg, token):
-            raise InvalidSession("token signature is not valid")
+            raise InvalidSession("token signature is not valid", reason="bad_signature")
         return self._user_from_claims(trusted, token.payload, digest)
 
     async def _signature_is_valid(
@@ -303,7 +318,9 @@ class SessionVerifier:
         else:  # unreachable: _TrustedIssuer refuses an issuer without keys
             return False
         if not key.fits(alg):
-            raise InvalidSession("token algorithm does not fit the issuer's key")
+            raise InvalidSession(
+                "token algorithm does not fit the issuer's key", reason="algorithm_not_allowed"
+            )
         try:
             return key.verify(alg, token.signing_input, token.signature)
         except Exception:  # a malformed signature value is just an invalid signature
@@ -319,9 +336,9 @@ class SessionVerifier:
         not_before = _time_claim(payload, "nbf", "not-before")
         _check_audience(payload.get("aud", _ABSENT), trusted.audiences)
         if issued_at > now + self._leeway:
-            raise InvalidSession("token issued-at (iat) is in the future")
+            raise InvalidSession("token issued-at (iat) is in the future", reason="not_yet_valid")
         if not_before is not None and not_before > now + self._leeway:
-            raise InvalidSession("token is not valid yet (nbf)")
+            raise InvalidSession("token is not valid yet (nbf)", reason="not_yet_valid")
         user = SessionUser(
             id=self._user_id(payload),
             tenants=self._tenants(payload),
@@ -339,21 +356,24 @@ class SessionVerifier:
     def _user_id(self, payload: Mapping[str, Any]) -> str:
         value = self._claims.user_id.find(payload)
         if value is _ABSENT or value is None:
-            raise InvalidSession("token has no user id claim")
+            raise InvalidSession("token has no user id claim", reason="invalid_claims")
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # numeric ids from app backends
         if not _is_text(value):
-            raise InvalidSession("token user id claim is not a non-empty string")
+            raise InvalidSession(
+                "token user id claim is not a non-empty string", reason="invalid_claims"
+            )
         return str(value)
 
     def _tenants(self, payload: Mapping[str, Any]) -> tuple[str, ...]:
         value = self._claims.tenants.find(payload)
         if value is _ABSENT or value is None:
-            raise InvalidSession("token has no tenant claim")
+            raise InvalidSession("token has no tenant claim", reason="invalid_claims")
         tenants = _string_list(value)
         if not tenants:
             raise InvalidSession(
-                "token tenant claim is not a non-empty string or list of non-empty strings"
+                "token tenant claim is not a non-empty string or list of non-empty strings",
+                reason="invalid_claims",
             )
         return tenants
 
@@ -365,7 +385,9 @@ class SessionVerifier:
             return ()
         roles = _string_list(value)
         if roles is None:
-            raise InvalidSession("token roles claim is not a string or list of strings")
+            raise InvalidSession(
+                "token roles claim is not a string or list of strings", reason="invalid_claims"
+            )
         return roles
 
     def _email(self, payload: Mapping[str, Any]) -> str | None:
@@ -375,7 +397,7 @@ class SessionVerifier:
         if value is _ABSENT or value is None:
             return None
         if not _is_text(value):
-            raise InvalidSession("token email claim is not a string")
+            raise InvalidSession("token email claim is not a string", reason="invalid_claims")
         return str(value)
 
     def _count_cache(self, result: str) -> None:
@@ -388,12 +410,20 @@ class SessionVerifier:
             counter.inc()
 
 
+def _printable_issuer(named: Any) -> str | None:
+    """An untrusted ``iss`` worth showing an operator (a trailing slash is the classic
+    misconfiguration), or None when it is not a short printable string."""
+    if isinstance(named, str) and 0 < len(named) <= MAX_LOGGED_ISSUER_CHARS and named.isprintable():
+        return named if named.isascii() else None
+    return None
+
+
 def _checked_header(header: Mapping[str, Any]) -> str:
     """The header's algorithm, after the header-level rules; raises InvalidSession."""
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in SUPPORTED_ALGORITHMS:
         # covers "none" in every spelling, and anything else we do not implement
-        raise InvalidSession("unsupported algorithm")
+        raise InvalidSession("unsupported algorithm", reason="algorithm_not_allowed")
     if "crit" in header:
         raise InvalidSession("token header has critical extensions (crit), which are not supported")
     kid = header.get("kid", _ABSENT)
@@ -410,8 +440,10 @@ async def _jwks_key(source: JwksSource, alg: str, kid: Any) -> VerificationKey:
         key = _pick(await source.refetch(), alg, kid_text)
     if key is None:
         if source.keys is None:
-            raise InvalidSession("no signing keys are available for the token issuer")
-        raise InvalidSession("token key id (kid) is unknown")
+            raise InvalidSession(
+                "no signing keys are available for the token issuer", reason="keys_unavailable"
+            )
+        raise InvalidSession("token key id (kid) is unknown", reason="unknown_key")
     return key
 
 
@@ -421,7 +453,9 @@ def _pick(keys: KeySet | None, alg: str, kid: str | None) -> VerificationKey | N
         return None
     if kid is None:
         if len(keys.keys) > 1:
-            raise InvalidSession("token has no key id (kid) and its issuer has several keys")
+            raise InvalidSession(
+                "token has no key id (kid) and its issuer has several keys", reason="unknown_key"
+            )
         return keys.keys[0]
     candidates = keys.with_kid(kid)
     if not candidates:
@@ -429,7 +463,9 @@ def _pick(keys: KeySet | None, alg: str, kid: str | None) -> VerificationKey | N
     for key in candidates:
         if key.fits(alg):
             return key
-    raise InvalidSession("token algorithm does not fit the issuer's key")
+    raise InvalidSession(
+        "token algorithm does not fit the issuer's key", reason="algorithm_not_allowed"
+    )
 
 
 def _time_claim(payload: Mapping[str, Any], name: str, label: str) -> float | None:
@@ -438,35 +474,39 @@ def _time_claim(payload: Mapping[str, Any], name: str, label: str) -> float | No
     if value is _ABSENT:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidSession(f"token {label} ({name}) is not a number")
+        raise InvalidSession(f"token {label} ({name}) is not a number", reason="invalid_claims")
     try:
         number = float(value)
     except OverflowError:
-        raise InvalidSession(f"token {label} ({name}) is out of range") from None
+        raise InvalidSession(
+            f"token {label} ({name}) is out of range", reason="invalid_claims"
+        ) from None
     if not math.isfinite(number):
-        raise InvalidSession(f"token {label} ({name}) is out of range")
+        raise InvalidSession(f"token {label} ({name}) is out of range", reason="invalid_claims")
     return number
 
 
 def _required(value: float | None, name: str, label: str) -> float:
     if value is None:
-        raise InvalidSession(f"token {label} ({name}) is missing")
+        raise InvalidSession(f"token {label} ({name}) is missing", reason="invalid_claims")
     return value
 
 
 def _check_audience(aud: Any, accepted: frozenset[str]) -> None:
     if aud is _ABSENT:
-        raise InvalidSession("token audience (aud) is missing")
+        raise InvalidSession("token audience (aud) is missing", reason="wrong_audience")
     if isinstance(aud, str):
         audiences: list[Any] = [aud]
     elif isinstance(aud, list) and aud:
         audiences = aud
     else:
-        raise InvalidSession("token audience (aud) is not a string or a non-empty list")
+        raise InvalidSession(
+            "token audience (aud) is not a string or a non-empty list", reason="wrong_audience"
+        )
     if not all(isinstance(item, str) for item in audiences):
-        raise InvalidSession("token audience (aud) contains a non-string")
+        raise InvalidSession("token audience (aud) contains a non-string", reason="wrong_audience")
     if accepted.isdisjoint(audiences):
-        raise InvalidSession("token audience is not accepted")
+        raise InvalidSession("token audience is not accepted", reason="wrong_audience")
 
 
 def _b64url_json(value: Mapping[str, Any]) -> str:

@@ -72,7 +72,7 @@ def _decode_json_object(segment: str, part: str) -> dict[str, Any]:
 def parse_compact_jws(token: str, *, max_bytes: int) -> UnverifiedToken:
     """Split and decode ``token``; raise InvalidSession for anything malformed."""
     if len(token) > max_bytes:
-        raise InvalidSession("session token is too large")
+        raise InvalidSession("session token is too large", reason="too_large")
     if not _COMPACT_JWS.fullmatch(token):
         # Only the shape is described; the characters are never echoed.
         if token.count(".") != 2:
