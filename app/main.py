@@ -6,7 +6,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib.metadata import PackageNotFoundError, version
 from typing import TypedDict
 
 from fastapi import FastAPI
@@ -22,6 +21,7 @@ from app.observability.metrics import Metrics
 from app.reload import PolicyReloader
 from app.runtime import Runtime, vendor_http_client, vendor_transport
 from app.settings import Settings
+from app.version import package_version
 
 log = logging.getLogger("token_broker.main")
 
@@ -31,13 +31,6 @@ class State(TypedDict):
     metrics: Metrics
 
 
-def package_version() -> str:
-    try:
-        return version("token-broker")
-    except PackageNotFoundError:
-        return "0.0.0"
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the ASGI app. Settings come from the environment unless given."""
     settings = settings if settings is not None else Settings()
@@ -45,7 +38,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         config = await asyncio.to_thread(load_policy_file, settings.config)
-        metrics = Metrics.create()
+        metrics = Metrics.create(
+            redis=settings.redis_url is not None, embed_labels=settings.metrics_embed_labels
+        )
         transport = vendor_transport()
         async with vendor_http_client(transport) as http:
             runtime = await Runtime.start(settings, config, http, transport, metrics)

@@ -130,6 +130,7 @@ class Runtime:
             flow=TokenFlow(cache=token_cache, caller=caller, limiter=limiter, metrics=metrics),
         )
         runtime.active = await runtime.build(config)
+        metrics.prepare(config)
         return runtime
 
     async def build(self, config: PolicyConfig) -> ActivePolicy:
@@ -158,6 +159,7 @@ class Runtime:
         """Put a built policy in force (one reference swap)."""
         self.limiter.configure(active.config.limits)
         self.local_cache.resize(active.config.cache.max_entries)
+        self.metrics.prepare(active.config)
         self.active = active
 
     async def aclose(self) -> None:

@@ -14,7 +14,6 @@ import logging
 from typing import Any
 
 from app.errors import AuthenticationError, OriginNotAllowed
-from app.observability.logging import info_event
 from app.observability.metrics import Metrics
 
 audit_log = logging.getLogger("token_broker.audit")
@@ -32,5 +31,5 @@ def session_rejected(
     }
     if error.issuer is not None:
         fields["issuer"] = error.issuer
-    info_event(audit_log, "session.rejected", fields)
+    audit_log.info("session.rejected", extra=fields)
     metrics.session_rejected(error.reason).inc()

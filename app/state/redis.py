@@ -82,8 +82,9 @@ class RedisHealth:
         self._unavailable_since: float | None = None
         self._wake = asyncio.Event()
         self._probe: asyncio.Task[None] | None = None
-        if metrics is not None:
-            metrics.redis_available.set(1)
+        self._gauge = metrics.redis_available if metrics is not None else None
+        if self._gauge is not None:
+            self._gauge.set(1)
 
     @property
     def available(self) -> bool:
@@ -98,7 +99,8 @@ class RedisHealth:
         """Record a failed Redis ``operation``; callers then use their in-process fallback."""
         if self._metrics is not None:
             self._metrics.redis_errors_total.labels(operation=operation).inc()
-            self._metrics.redis_available.set(0)
+        if self._gauge is not None:
+            self._gauge.set(0)
         now = self._clock()
         if self._available:
             self._available = False
@@ -150,8 +152,8 @@ class RedisHealth:
         self._available = True
         self._unavailable_since = None
         self._last_unavailable_log = None
-        if self._metrics is not None:
-            self._metrics.redis_available.set(1)
+        if self._gauge is not None:
+            self._gauge.set(1)
         log.info("redis.recovered", extra={"unavailable_seconds": round(down_for, 3)})
 
     async def _probe_loop(self) -> None:

@@ -34,4 +34,4 @@ def private_redis() -> Iterator[redis_support.RedisServer]:
 
 @pytest.fixture
 def metrics() -> Metrics:
-    return Metrics.create()
+    return Metrics.create(redis=True)

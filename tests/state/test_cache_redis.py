@@ -155,7 +155,7 @@ async def test_a_short_or_missing_secret_is_refused_at_construction(
 
 
 async def test_outage_falls_back_in_process_and_recovers(private_redis: RedisServer) -> None:
-    metrics = Metrics.create()
+    metrics = Metrics.create(redis=True)
     health = RedisHealth(private_redis.url, metrics=metrics, prefix="p:", probe_interval=0.05)
     other = RedisHealth(private_redis.url, metrics=None, prefix="p:", probe_interval=0.05)
     await health.start()

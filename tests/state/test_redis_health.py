@@ -29,7 +29,7 @@ def unavailable_logs(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
 async def test_failures_flip_health_count_metrics_and_log_once_per_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    metrics = Metrics.create()
+    metrics = Metrics.create(redis=True)
     clock = FakeClock()
     health = RedisHealth("redis://127.0.0.1:1/0", metrics=metrics, prefix="p:", clock=clock)
     caplog.set_level(logging.INFO, logger="token_broker.redis")
@@ -64,7 +64,7 @@ async def test_unreachable_at_start_then_recovers_by_itself(
 ) -> None:
     caplog.set_level(logging.INFO, logger="token_broker.redis")
     private_redis.stop()
-    metrics = Metrics.create()
+    metrics = Metrics.create(redis=True)
     health = RedisHealth(private_redis.url, metrics=metrics, prefix="p:", probe_interval=0.05)
     await health.start()
     try:
