@@ -208,7 +208,7 @@ def test_json_logs_audit_events_and_metrics(tmp_path: Path, sandbox: str) -> Non
         ):
             assert f"# TYPE {family}" in metrics, family
         assert (
-            'token_broker_tokens_total{cache="hit",embed="sales-overview",outcome="ok",provider="embeddable"} 1.0'
+            'token_broker_tokens_total{cache="hit",embed="-",outcome="ok",provider="embeddable"} 1.0'
             in metrics
         )
         assert 'route="/v1/tokens"' in metrics
@@ -273,7 +273,7 @@ def test_two_workers_serve_and_metrics_add_up_across_them(tmp_path: Path, sandbo
                 assert response.status_code == 200, response.text
         counted = metric(
             broker,
-            'token_broker_tokens_total{cache="miss",embed="sales-overview",outcome="ok",provider="embeddable"}',
+            'token_broker_tokens_total{cache="miss",embed="-",outcome="ok",provider="embeddable"}',
         )
         assert counted == 12  # whichever worker served /metrics, it reports both
     assert broker.process.returncode == 0

@@ -87,7 +87,8 @@ def broker_process(
         )
     broker = BrokerProcess(url=f"http://{LOOPBACK}:{port}", process=process, log_path=log_path)
     try:
-        wait_ready(broker.url, process, log_path)
+        # Generous: spawned workers import everything first, slowly on a loaded machine.
+        wait_ready(broker.url, process, log_path, timeout=90)
         yield broker
     finally:
         broker.stop()
