@@ -119,8 +119,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if config is None or settings is None:
         return EXIT_INVALID
     print(f"{path}: valid")
-    print(summarize(config))
     print(f"environment: valid ({describe_settings(settings)})")
+    print(summarize(config))
     return EXIT_OK
 
 
