@@ -40,9 +40,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from app.errors import SESSION_REJECTION_REASONS
-from app.version import package_version
-
 from app.observability.logging import dropped_lines
+from app.version import package_version
 
 if TYPE_CHECKING:
     from app.config.models import PolicyConfig
