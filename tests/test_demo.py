@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -74,3 +75,123 @@ def test_demo_prints_working_curl_commands(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=15)
+
+
+def _read_until(log: Path, process: subprocess.Popen[bytes], needle: str, count: int = 1) -> str:
+    deadline = time.monotonic() + 30
+    while log.read_text().count(needle) < count:
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return log.read_text()
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("BROKER_", "SANDBOX_"))}
+
+
+@pytest.mark.slow
+def test_demo_echoes_each_decision_as_one_readable_line(tmp_path: Path) -> None:
+    log = tmp_path / "demo.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "demo", "--port", "0", "--sandbox-port", "0"],
+            cwd=ROOT,
+            env=_clean_env(),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        text = _read_until(log, process, "Stop with Ctrl-C.")
+        broker = re.search(r"Broker:\s+(http://127\.0\.0\.1:\d+)", text)
+        assert broker is not None, text
+        url = broker.group(1)
+        command = next(line for line in text.splitlines() if line.startswith("curl "))
+        words = shlex.split(command)
+        headers = dict(words[i + 1].split(": ", 1) for i, w in enumerate(words) if w == "-H")
+        assert (
+            httpx.post(
+                f"{url}/v1/tokens", json={"embed": "sales-overview"}, headers=headers
+            ).status_code
+            == 200
+        )
+        assert (
+            httpx.post(
+                f"{url}/v1/tokens", json={"embed": "sales-overview"}, headers=headers
+            ).status_code
+            == 200
+        )
+        forged = "x\n12:00:00  issued   ops-dashboard for mallory@acme"
+        assert (
+            httpx.post(f"{url}/v1/tokens", json={"embed": forged}, headers=headers).status_code
+            == 403
+        )
+        assert (
+            httpx.post(
+                f"{url}/v1/tokens",
+                json={"embed": "sales-overview"},
+                headers={"Authorization": "Bearer nope"},
+            ).status_code
+            == 401
+        )
+        text = _read_until(log, process, "rejected a session credential")
+        lines = text.split("Stop with Ctrl-C.", 1)[1].splitlines()
+        decisions = [line for line in lines if re.match(r"\d\d:\d\d:\d\d  ", line)]
+        assert len(decisions) == 4, lines
+        issued, again, denied, rejected = decisions
+        assert re.fullmatch(
+            r"\d\d:\d\d:\d\d  issued   sales-overview for alice@acme via embeddable eu "
+            r"\(cache miss, vendor 200, \d+ ms\)",
+            issued,
+        ), issued
+        assert "issued   sales-overview for alice@acme" in again and "(cache hit," in again
+        assert (
+            "denied   x\\n12:00:00  issued   ops-dashboard for mallory@acme for alice@acme: embed_not_allowed"
+            in denied
+        )
+        assert rejected.endswith(
+            "rejected a session credential: malformed (session token must have exactly three segments (a signed JWT))"
+        )
+        assert not [line for line in lines if line.startswith("12:00:00")]  # nothing forged
+        assert not any("eyJ" in line for line in decisions)  # never a token
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+
+
+@pytest.mark.parametrize(
+    ("flag", "variable"), [("--port", "PORT"), ("--sandbox-port", "SANDBOX_PORT")]
+)
+def test_a_busy_port_is_one_line_naming_the_flag(flag: str, variable: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        other = "--sandbox-port" if flag == "--port" else "--port"
+        result = subprocess.run(
+            [sys.executable, "-m", "app.cli", "demo", flag, str(port), other, "0"],
+            cwd=ROOT,
+            env=_clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        f"token-broker: port {port} is already in use; choose another with {flag} N "
+        f"(make run {variable}=N)"
+    )
+
+
+def test_make_run_passes_the_ports() -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", "run", "PORT=9181", "SANDBOX_PORT=9191"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "token-broker demo --port 9181 --sandbox-port 9191" in result.stdout
