@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -166,6 +168,33 @@ def _multiprocess_metrics_dir() -> Iterator[None]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why ``serve`` could not listen on host:port, in one line; None when it can.
+
+    uvicorn would otherwise log the bind error after the lifespan has started and exit
+    with 3. The probe binds the way uvicorn does (SO_REUSEADDR) and closes at once."""
+    if port == 0:
+        return None
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        return f"cannot listen on {host!r}: not a usable address (--host, BROKER_HOST)"
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use; choose another with "
+                    "--port N (BROKER_PORT)"
+                )
+            return f"cannot listen on {host}:{port} ({exc.strerror}); check --host and --port"
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -177,6 +206,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if _load_or_report(settings.config) is None:
         return EXIT_INVALID
+    problem = listen_problem(settings.host, settings.port)
+    if problem is not None:
+        return _fail(problem)
 
     configure_logging(settings.log_level, settings.log_format)
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal it caught

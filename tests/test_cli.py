@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,19 @@ def test_version() -> None:
     assert result.returncode == 0
     assert result.stdout.strip() == f"token-broker {package_version()}"
     assert package_version()[0].isdigit()
+
+
+def test_serve_on_a_busy_port_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    path = write_policy(tmp_path, base_policy())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--config", str(path), "--port", str(port), env=BASE_ENV)
+    assert result.returncode == 1
+    assert result.stdout == ""  # refused before uvicorn started the app
+    (line,) = result.stderr.splitlines()
+    assert line == (
+        f"token-broker: port {port} on 127.0.0.1 is already in use; "
+        "choose another with --port N (BROKER_PORT)"
+    )
