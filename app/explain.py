@@ -210,8 +210,8 @@ def run_explain(args: argparse.Namespace) -> int:
         tenant=args.act_for if args.act_for else None,
         service=args.service,
     )
-    if len(tenants) > 1 and args.service is not None:
-        return _bad_input("--service acts for one tenant: give --tenant once")
+    if args.service is not None and (len(tenants) > 1 or args.act_for):
+        return _bad_input("--service acts for the one --tenant given; --act-for does not apply")
     try:
         decision = DryRun(config).decide(request)
     except DryRunInputError as exc:

@@ -117,6 +117,14 @@ class Case(_Strict):
     """Ask as this internal service (``POST /internal/v1/tokens``)."""
     expect: Expectation
 
+    @model_validator(mode="after")
+    def _service_acts_for_one_tenant(self) -> Case:
+        if self.service is not None and (self.tenant is not None or self.user.tenants):
+            raise ValueError(
+                "a service acts for user.tenant (one tenant): tenant and user.tenants do not apply"
+            )
+        return self
+
 
 class CaseFile(_Strict):
     cases: list[Case] = Field(min_length=1)

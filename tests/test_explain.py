@@ -166,6 +166,11 @@ def test_a_secret_templated_into_a_body_is_masked(tmp_path: Path) -> None:
             ["--embed", "sales-overview", "--service", "worker"],
             "token-broker explain: unknown service 'worker' (the policy has: none)",
         ),
+        (
+            ["--embed", "sales-overview", "--service", "worker", "--act-for", "acme"],
+            "token-broker explain: --service acts for the one --tenant given; --act-for does "
+            "not apply",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

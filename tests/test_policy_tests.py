@@ -240,6 +240,11 @@ cases:
             "  - {name: a, user: {id: x, tenant: acme}, embed: e, expect: {outcome: allowed}}\n",
             "cases[1] has the same name as cases[0]: 'a'",
         ),
+        (
+            "cases:\n  - {name: a, service: s, tenant: acme, user: {id: x, tenant: acme},"
+            " embed: e, expect: {outcome: allowed}}\n",
+            "cases[0]: a service acts for user.tenant (one tenant)",
+        ),
     ],
 )
 def test_unusable_case_files_name_the_file_and_the_reason(
