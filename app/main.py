@@ -12,9 +12,10 @@ from fastapi import FastAPI
 
 from app.api import metrics, probes, tokens
 from app.api.cors import DynamicCORSMiddleware
+from app.api.docs import install_docs
 from app.api.middleware import RequestContextMiddleware
 from app.api.problems import install_exception_handlers
-from app.api.routing import LeanRouteDispatch
+from app.api.routing import TokenRouter
 from app.collector import ServingCollector
 from app.config.loader import load_policy_file
 from app.observability.metrics import Metrics
@@ -59,20 +60,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="token-broker",
         version=package_version(),
-        summary="Short-lived embedded-analytics tokens without exposing vendor API keys.",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url="/openapi.json",
+        openapi_url=None,  # served by app.api.docs, per policy
     )
     install_exception_handlers(app)
-    app.include_router(tokens.router)
     app.include_router(probes.router)
     app.include_router(metrics.router)
-    # Added first = innermost; added last = outermost: every response, CORS ones
-    # included, gets a request id.
-    # The token router is included without a prefix: its paths are the app's paths.
-    app.add_middleware(LeanRouteDispatch, routes=tokens.router.routes)
+    install_docs(app, package_version(), tokens.ROUTES, docs_enabled=settings.docs_enabled)
+    # Added first = innermost; added last = outermost. The token routes are served by
+    # TokenRouter only (app.api.routing), inside the request-id and CORS middleware:
+    # every response, CORS ones included, gets a request id.
+    app.add_middleware(TokenRouter, routes=tokens.ROUTES)
     app.add_middleware(DynamicCORSMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app

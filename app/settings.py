@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     log_format: Literal["json", "console"] = "json"
     access_log: bool = True
+    docs_enabled: bool = True
+    """Serve the interactive API reference at /docs (its assets from the broker itself)."""
 
     redis_url: SecretStr | None = None
     """When set, token cache and rate limits are shared through Redis."""

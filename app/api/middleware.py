@@ -18,6 +18,8 @@ import orjson
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.docs import DOCS_CSP, DOCS_PATH
+from app.asgi import route_path
 from app.errors import PROBLEM_CONTENT_TYPE, InternalError
 from app.observability.logging import loggable_path, request_id_var
 from app.observability.metrics import Metrics
@@ -30,6 +32,12 @@ SECURITY_HEADERS = (
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
+# The interactive reference (app.api.docs) is a page: it may load its own assets.
+DOCS_ASSETS = DOCS_PATH + "/"
+DOCS_SECURITY_HEADERS = (
+    *SECURITY_HEADERS[:3],
+    (b"content-security-policy", DOCS_CSP.encode()),
 )
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._\-]{1,128}")
 _HEADER = b"x-request-id"
@@ -63,6 +71,12 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         context_token = request_id_var.set(request_id)
         header = (_HEADER, request_id.encode("ascii"))
+        path = route_path(scope)
+        security_headers = (
+            DOCS_SECURITY_HEADERS
+            if path == DOCS_PATH or path.startswith(DOCS_ASSETS)
+            else SECURITY_HEADERS
+        )
         status = 500
         started = False
         begin = time.perf_counter()
@@ -72,7 +86,7 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header, *SECURITY_HEADERS]
+                message["headers"] = [*message.get("headers", ()), header, *security_headers]
             await send(message)
 
         try:

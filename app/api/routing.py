@@ -1,70 +1,88 @@
-"""Routes whose handlers take the Request and return a Response themselves.
+"""The token routes' one dispatch path: :class:`TokenRouter`.
 
-``LeanRoute`` is declared like any FastAPI route, so FastAPI builds the OpenAPI
-description from it (response model, error responses, documented body). At request
-time ``LeanRouteDispatch`` — the innermost of the app's own middleware, inside the
-request-id and CORS middleware and FastAPI's error and telemetry layers — serves an
-exact ``(method, path)`` match of a LeanRoute by calling its handler directly, and
-renders a :class:`~app.errors.BrokerError` as the app's exception handler would.
+``POST /v1/tokens``, ``GET /v1/embeds`` and ``POST /internal/v1/tokens`` are on every
+dashboard page load. FastAPI's exception middleware, router matching and
+request/response wrappers cost more per request than the broker's whole cache-hit
+path (performance.md S1), and an ``APIRoute`` subclass still pays for all of them. So
+these three routes are not framework routes at all: they are
+:class:`TokenRoute` entries served by :class:`TokenRouter`, a pure-ASGI router that
+sits inside the request-id and CORS middleware (so every answer gets a request id,
+security headers, CORS and metrics exactly as a framework route does) and in front
+of FastAPI. The framework never sees those paths, so a handler is reached one way
+only, and nothing framework-specific (``Depends``, ``response_model``) is declared on
+them to sit there inert: a handler takes the :class:`~starlette.requests.Request`,
+reads and validates its own body (``app.api.body``) and returns a ``Response``. Their
+OpenAPI description is written explicitly in ``app.api.openapi``, and a test checks
+that the document and this table list the same routes.
 
-Why: the token routes are on every dashboard page load, and FastAPI's exception
-middleware, exit-stack middleware, router matching and request/response wrappers cost
-more per request than the whole cache-hit path of the broker (performance.md S1/S2).
-Everything else (other routes, other methods on these paths, trailing-slash
-redirects, ``root_path`` deployments) goes on through the framework unchanged; a
-LeanRoute handler reached that way behaves the same, because the framework's
-exception handler renders the same problem body.
+What the router does, and all it does:
+
+- matches the path below any ``root_path`` exactly (no trailing-slash redirect, no
+  path parameters: none of these routes has any);
+- answers another method on a token path with ``405 method_not_allowed`` and ``Allow``;
+- renders a :class:`~app.errors.BrokerError` as ``application/problem+json`` (the same
+  ``problem_response`` the framework's exception handler uses); anything else
+  propagates to ``RequestContextMiddleware``, which answers a bare 500;
+- sets ``scope["route"]`` as Starlette's router does, so metrics label by route path.
+
+Everything else goes on to FastAPI unchanged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.problems import problem_response, request_id_of
-from app.errors import BrokerError
+from app.asgi import route_path
+from app.errors import BrokerError, MethodNotAllowed
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-class LeanRoute(APIRoute):
-    def get_route_handler(self) -> Handler:
-        handler: Handler = self.endpoint
-        return handler
+@dataclass(frozen=True, slots=True)
+class TokenRoute:
+    """One method on one exact path, served by ``endpoint``."""
+
+    method: str
+    path: str
+    endpoint: Handler
+    operation_id: str
+    credentials: Literal["session", "service"]
 
 
-def lean_route_table(routes: Sequence[BaseRoute]) -> dict[tuple[str, str], LeanRoute]:
-    """(method, path) of every LeanRoute without path parameters."""
-    table: dict[tuple[str, str], LeanRoute] = {}
-    for route in routes:
-        if isinstance(route, LeanRoute) and not route.param_convertors:
-            for method in route.methods or ():
-                table.setdefault((method, route.path), route)
-    return table
-
-
-class LeanRouteDispatch:
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
-        """``routes``: those of a router included into the app without a prefix."""
+class TokenRouter:
+    def __init__(self, app: ASGIApp, routes: Sequence[TokenRoute]) -> None:
         self.app = app
-        self._table = lean_route_table(routes)
+        self._routes: dict[str, dict[str, TokenRoute]] = {}
+        for route in routes:
+            by_method = self._routes.setdefault(route.path, {})
+            if route.method in by_method:
+                raise ValueError(f"two token routes for {route.method} {route.path}")
+            by_method[route.method] = route
+        self._allow = {path: ", ".join(sorted(methods)) for path, methods in self._routes.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = None
-        if scope["type"] == "http" and not scope.get("root_path"):
-            route = self._table.get((scope["method"], scope["path"]))
-        if route is None:
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        scope["route"] = route  # as the router sets it (metrics label the route by it)
-        scope["endpoint"] = route.endpoint
+        path = route_path(scope) if scope.get("root_path") else scope["path"]
+        by_method = self._routes.get(path)
+        if by_method is None:
+            await self.app(scope, receive, send)
+            return
+        route = by_method.get(scope["method"])
         request = Request(scope, receive, send)
+        if route is None:
+            error = MethodNotAllowed(headers={"Allow": self._allow[path]})
+            await problem_response(error, request_id_of(request))(scope, receive, send)
+            return
+        scope["route"] = route  # as Starlette's router sets it (metrics label by its path)
         try:
             response = await route.endpoint(request)
         except BrokerError as exc:

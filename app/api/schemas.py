@@ -33,7 +33,9 @@ class InternalTokenRequest(StrictBody):
 
 
 class ElementOut(BaseModel):
-    tag: str = Field(examples=["em-beddable"])
+    """What the front end renders, with which attributes besides the token."""
+
+    tag: str = Field(examples=["em-beddable"], description="the vendor's custom element")
     attributes: dict[str, str] = Field(examples=[{"base-url": "https://api.eu.embeddable.com/"}])
     script: str | None = Field(
         default=None,
@@ -44,11 +46,30 @@ class ElementOut(BaseModel):
 
 
 class TokenResponse(BaseModel):
-    token: str
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.e30.c2lnbmF0dXJl",
+                    "provider": "embeddable",
+                    "embed": "sales-overview",
+                    "tenant": "acme",
+                    "expires_at": "2026-11-22T10:15:00Z",
+                    "expires_in": 900,
+                    "element": {
+                        "tag": "em-beddable",
+                        "attributes": {"base-url": "https://api.eu.embeddable.com/"},
+                    },
+                }
+            ]
+        }
+    )
+
+    token: str = Field(description="the short-lived embed token; treat it as a secret")
     provider: str = Field(description="the vendor type: embeddable or databrain")
-    embed: str
-    tenant: str
-    expires_at: str = Field(description="RFC 3339 UTC")
+    embed: str = Field(description="the embed's name in the policy")
+    tenant: str = Field(description="the tenant the token is scoped to")
+    expires_at: str = Field(description="RFC 3339 UTC", examples=["2026-11-22T10:15:00Z"])
     expires_in: int = Field(description="whole seconds left at the moment of the response")
     element: ElementOut
 
@@ -60,40 +81,43 @@ class EmbedOut(BaseModel):
 
 
 class EmbedsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "tenant": "acme",
+                    "embeds": [
+                        {
+                            "name": "sales-overview",
+                            "title": "Sales overview",
+                            "provider": "embeddable",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
     tenant: str
     embeds: list[EmbedOut]
 
 
 class Problem(BaseModel):
-    """RFC 9457 problem details; ``code`` is stable, ``detail`` is for people."""
+    """RFC 9457 problem details. Branch on `code` (stable); `detail` is for people.
+    `request_id` is also in the `X-Request-ID` header and the broker's logs."""
 
-    type: str
-    title: str
-    status: int
-    detail: str
-    code: str
-    request_id: str
-    upstream_status: int | None = None
-    upstream_code: str | None = None
+    # The OpenAPI document narrows `code` to the enum of every code the broker answers
+    # with (app.api.openapi reads them from the error classes in app.errors).
 
-
-def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    descriptions = {
-        400: "invalid_request",
-        401: "unauthenticated, invalid_session, session_expired or invalid_service_key",
-        403: "tenant_not_allowed, embed_not_allowed, missing_claim or origin_not_allowed",
-        413: "request_too_large",
-        429: "rate_limited (Retry-After)",
-        502: "upstream_rejected, upstream_auth_failed or upstream_bad_response",
-        503: "upstream_unavailable (Retry-After)",
-        504: "upstream_timeout",
-        500: "internal_error",
-    }
-    return {
-        status: {
-            "model": Problem,
-            "description": descriptions[status],
-            "content": {"application/problem+json": {}},
-        }
-        for status in statuses
-    }
+    type: str = Field(description="a URI naming the kind of problem (ends with the code)")
+    title: str = Field(description="a short summary of the kind of problem")
+    status: int = Field(description="the HTTP status code")
+    detail: str = Field(description="what went wrong, for people (never secrets)")
+    code: str = Field(description="stable: branch on this")
+    request_id: str = Field(description="also in X-Request-ID and the broker's logs")
+    upstream_status: int | None = Field(
+        default=None, description="upstream_rejected only: the vendor's HTTP status"
+    )
+    upstream_code: str | None = Field(
+        default=None, description="upstream_rejected only: the vendor's error code, when sane"
+    )

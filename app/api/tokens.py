@@ -12,20 +12,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
-from pydantic import BaseModel
+from starlette.requests import Request
 from starlette.responses import Response
 
 from app.api.body import read_model
 from app.api.problems import NO_STORE_HEADERS
-from app.api.routing import LeanRoute
-from app.api.schemas import (
-    EmbedsResponse,
-    InternalTokenRequest,
-    TokenRequest,
-    TokenResponse,
-    problem_responses,
-)
+from app.api.routing import TokenRoute
+from app.api.schemas import InternalTokenRequest, TokenRequest
 from app.auth import extract_session_token
 from app.config.models import ServiceConfig
 from app.errors import AuthenticationError, InvalidRequest, InvalidServiceKey, OriginNotAllowed
@@ -34,20 +27,6 @@ from app.observability.audit import session_rejected
 from app.policy import ServiceUser
 from app.providers.base import Element
 from app.runtime import ActivePolicy, Runtime
-
-router = APIRouter(route_class=LeanRoute)
-
-_TOKEN_ERRORS = problem_responses(400, 401, 403, 413, 429, 502, 503, 504, 500)
-
-
-def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a JSON body the route reads itself (strictly, see app.api.body)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
 
 
 class JsonResponse(Response):
@@ -116,14 +95,6 @@ async def _session_user(request: Request, runtime: Runtime, active: ActivePolicy
         raise
 
 
-@router.post(
-    "/v1/tokens",
-    tags=["tokens"],
-    summary="Mint an embed token for the signed-in user",
-    response_model=TokenResponse,
-    responses=_TOKEN_ERRORS,
-    openapi_extra=json_body(TokenRequest),
-)
 async def create_token(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
@@ -133,24 +104,6 @@ async def create_token(request: Request) -> Response:
     return _token_response(grant)
 
 
-@router.get(
-    "/v1/embeds",
-    tags=["tokens"],
-    summary="List the embeds the signed-in user may request",
-    response_model=EmbedsResponse,
-    responses=problem_responses(400, 401, 403, 500),
-    openapi_extra={
-        "parameters": [
-            {
-                "name": "tenant",
-                "in": "query",
-                "required": False,
-                "description": "which of the session's tenants (needed for multi-tenant users)",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
-            }
-        ]
-    },
-)
 async def list_embeds(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
@@ -186,14 +139,6 @@ def _service_for(request: Request, active: ActivePolicy) -> tuple[str, ServiceCo
     return found
 
 
-@router.post(
-    "/internal/v1/tokens",
-    tags=["service-to-service"],
-    summary="Mint an embed token on behalf of a user (internal services)",
-    response_model=TokenResponse,
-    responses=_TOKEN_ERRORS,
-    openapi_extra=json_body(InternalTokenRequest),
-)
 async def create_token_for_service(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
@@ -220,3 +165,13 @@ async def create_token_for_service(request: Request) -> Response:
         service=service,
     )
     return _token_response(grant)
+
+
+# The only way these handlers are reached (app.api.routing); documented in app.api.openapi.
+ROUTES = (
+    TokenRoute("POST", "/v1/tokens", create_token, "createToken", "session"),
+    TokenRoute("GET", "/v1/embeds", list_embeds, "listEmbeds", "session"),
+    TokenRoute(
+        "POST", "/internal/v1/tokens", create_token_for_service, "createServiceToken", "service"
+    ),
+)
