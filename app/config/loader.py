@@ -214,7 +214,7 @@ def _pydantic_issues(exc: ValidationError, document: Mapping[str, Any]) -> list[
         loc = ["(key)" if part == "[key]" else part for part in loc]
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see config.md)"
+            message = "unknown key (check the spelling; see docs/configuration.md)"
         elif err["type"] == "missing":
             message = "required key is missing"
         issues.append(ConfigIssue(format_path(loc), message))
