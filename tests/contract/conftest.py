@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,13 +46,3 @@ def openapi_file(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Path
     path = tmp_path_factory.mktemp("document") / "openapi.json"
     path.write_text(json.dumps(response.json(), indent=2))
     return path
-
-
-def require_tool(name: str) -> str:
-    """The path of a command the test needs; under CI its absence is a failure."""
-    found = shutil.which(name)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is not installed (.ci/run installs it)")
-        pytest.skip(f"{name} is not installed")
-    return found

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
-from schemathesis import Case, CheckContext
+from schemathesis import Case as GenericCase
+from schemathesis import CheckContext
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.transport import Response
 from schemathesis.specs.openapi.checks import (
@@ -36,6 +37,7 @@ from tests.support.policies import BASE_ENV, SERVICE_KEY
 from tests.support.stack import Stack, session_token
 
 pytestmark = pytest.mark.slow
+Case = GenericCase[Any]
 
 EXAMPLES_PER_OPERATION = 40
 SESSION_JWT = session_token("fuzz-user", "acme", ("viewer", "analyst"), ttl=3600)
@@ -85,7 +87,7 @@ class Credentials:
         return SESSION_JWT
 
     def set(self, case: Case, data: str, ctx: Any) -> None:
-        case.headers = {**(case.headers or {}), "Authorization": f"Bearer {data}"}
+        case.headers["Authorization"] = f"Bearer {data}"
 
 
 FUZZ_SETTINGS = settings(

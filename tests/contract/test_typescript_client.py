@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.contract.conftest import require_tool
+from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.slow
 HERE = Path(__file__).resolve().parent
