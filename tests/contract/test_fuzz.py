@@ -30,8 +30,9 @@ from schemathesis.specs.openapi.checks import (
 
 from app.api import tokens
 from app.api.openapi import build_document
-from app.main import create_app, package_version
+from app.main import create_app
 from app.settings import Settings
+from app.version import package_version
 from tests.contract.conftest import GENERATED, SESSION_COOKIE
 from tests.support.policies import BASE_ENV, SERVICE_KEY
 from tests.support.stack import Stack, session_token
