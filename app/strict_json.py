@@ -17,8 +17,7 @@ import math
 import re
 from typing import Any
 
-# A JSON string literal, or one bracket; enough to measure nesting without parsing.
-_JSON_STRUCTURE = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+from app.jsonscan import nesting_exceeds
 
 
 class StrictJsonError(ValueError):
@@ -38,21 +37,6 @@ def _reject_constant(_: str) -> Any:
     raise StrictJsonError("NaN and Infinity are not JSON")
 
 
-def _nesting_exceeds(text: str, max_depth: int) -> bool:
-    if text.count("{") + text.count("[") <= max_depth:
-        return False  # fast path: too few brackets to be that deep
-    depth = 0
-    for match in _JSON_STRUCTURE.finditer(text):
-        symbol = match.group()
-        if symbol in ("{", "["):
-            depth += 1
-            if depth > max_depth:
-                return True
-        elif symbol in ("}", "]"):
-            depth -= 1
-    return False
-
-
 def _reject_huge_floats(value: str) -> float:
     number = float(value)
     if not math.isfinite(number):  # "1e999" parses to inf
@@ -63,7 +47,7 @@ def _reject_huge_floats(value: str) -> float:
 def loads_strict_json(text: str, *, max_depth: int) -> Any:
     """Parse JSON rejecting duplicate keys, NaN/Infinity, out-of-range numbers and
     nesting deeper than ``max_depth`` (checked before parsing, so no RecursionError)."""
-    if _nesting_exceeds(text, max_depth):
+    if nesting_exceeds(text, max_depth):
         raise StrictJsonError("nested too deeply")
     if _LONE_SURROGATE_ESCAPE.search(text) and _has_lone_surrogate_escape(text):
         # JSON can spell a lone UTF-16 surrogate ("\ud800"); such a string is not

@@ -27,6 +27,7 @@ from typing import Final
 
 import httpx
 
+from app.bodies import ACCEPT_ENCODING, BodyRefused, declared_too_large, read_bounded
 from app.jose_keys import KeyProblem, VerificationKey, key_from_jwk
 from app.observability.metrics import Metrics
 from app.strict_json import StrictJsonError, loads_strict_json
@@ -206,21 +207,25 @@ class JwksSource:
         async with self._client.stream(
             "GET",
             self.url,
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", "Accept-Encoding": ACCEPT_ENCODING},
             timeout=FETCH_TIMEOUT,
             follow_redirects=False,
         ) as response:
             if response.status_code != 200:
                 raise JwksFetchError("http_error")
-            declared = response.headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > MAX_JWKS_BYTES:
+            if declared_too_large(response.headers.get("content-length"), MAX_JWKS_BYTES):
                 raise JwksFetchError("too_large")
-            body = bytearray()
-            async for chunk in response.aiter_bytes():
-                body += chunk
-                if len(body) > MAX_JWKS_BYTES:
-                    raise JwksFetchError("too_large")
-            return parse_jwks(bytes(body)), max_age_of(response.headers)
+            try:
+                body = await read_bounded(
+                    response.aiter_raw(),  # undecoded: read_bounded bounds the decoding
+                    content_encoding=response.headers.get("content-encoding"),
+                    limit=MAX_JWKS_BYTES,
+                )
+            except BodyRefused as exc:
+                raise JwksFetchError(
+                    "too_large" if exc.reason == "too_large" else "invalid"
+                ) from None
+            return parse_jwks(body), max_age_of(response.headers)
 
     def _record_failure(self, outcome: str, reason: str | None = None) -> None:
         self._count(outcome)

@@ -9,13 +9,12 @@ read a token's expiry.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
 import math
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any, cast
@@ -24,6 +23,7 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
+from app.bodies import ACCEPT_ENCODING, BodyRefused, declared_too_large, read_bounded
 from app.providers.errors import (
     ProviderAuthFailed,
     ProviderBadResponse,
@@ -135,8 +135,8 @@ class VendorEndpoint:
                 "User-Agent": USER_AGENT,
                 "Accept": "application/json",
                 # Identity: the size cap on bodies then bounds what is held in memory
-                # (a small gzip body can inflate a thousandfold).
-                "Accept-Encoding": "identity",
+                # (a small gzip body can inflate a thousandfold; app.bodies).
+                "Accept-Encoding": ACCEPT_ENCODING,
                 "Content-Type": "application/json",
                 "Authorization": f"Bearer {api_key.get_secret_value()}",
             }
@@ -196,29 +196,19 @@ async def _exchange(transport: httpx.AsyncBaseTransport, request: httpx.Request)
 
 
 async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:
-    declared = response.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_RESPONSE_BYTES:
+    """The body as :func:`app.bodies.read_bounded` reads it, or (b"", False)."""
+    if declared_too_large(response.headers.get("content-length"), MAX_RESPONSE_BYTES):
         return b"", False
-    chunks: list[bytes] = []
-    size = 0
-    coding = response.headers.get("content-encoding", "").strip().lower()
-    if coding in ("", "identity"):
-        # What we asked for (Accept-Encoding: identity): the transport's chunks as they
-        # are, without httpx's decoder and chunker layers.
-        raw = cast(AsyncIterable[bytes], response.stream)
-        chunk_stream = cast(AsyncGenerator[bytes, None], raw.__aiter__())
-    else:
-        chunk_stream = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
     try:
-        async with contextlib.aclosing(chunk_stream) as stream:
-            async for chunk in stream:
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    return b"", False
-                chunks.append(chunk)
-    except httpx.DecodingError:
+        body = await read_bounded(
+            # The transport's raw chunks: no httpx decoder, read_bounded decodes.
+            cast(AsyncIterable[bytes], response.stream),
+            content_encoding=response.headers.get("content-encoding"),
+            limit=MAX_RESPONSE_BYTES,
+        )
+    except BodyRefused:
         return b"", False
-    return b"".join(chunks), True
+    return body, True
 
 
 def raise_for_failure(

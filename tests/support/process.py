@@ -42,7 +42,11 @@ class BrokerProcess:
 
 
 def wait_ready(
-    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60
+    url: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    timeout: float = 60,
+    ready_path: str = "/readyz",
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -51,7 +55,7 @@ def wait_ready(
                 f"broker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
             )
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"broker not ready in {timeout} s:\n{log_path.read_text()[-3000:]}")
@@ -64,6 +68,7 @@ def broker_process(
     env: Mapping[str, str],
     *,
     extra_env: Mapping[str, str] | None = None,
+    ready_path: str = "/readyz",
 ) -> Iterator[BrokerProcess]:
     port = free_port()
     log_path = log_dir / f"broker-{port}.log"
@@ -88,7 +93,7 @@ def broker_process(
     broker = BrokerProcess(url=f"http://{LOOPBACK}:{port}", process=process, log_path=log_path)
     try:
         # Generous: spawned workers import everything first, slowly on a loaded machine.
-        wait_ready(broker.url, process, log_path, timeout=90)
+        wait_ready(broker.url, process, log_path, timeout=90, ready_path=ready_path)
         yield broker
     finally:
         broker.stop()

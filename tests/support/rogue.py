@@ -1,0 +1,156 @@
+"""A deliberately malicious HTTP server on loopback, written on raw asyncio streams.
+
+The sandbox is a well-behaved vendor served by uvicorn; an attacker's server is not
+bound by any framework. :func:`rogue_server` reads each request (head and a
+``Content-Length`` body) and writes whatever bytes ``respond`` returns, verbatim: wrong
+encodings, bombs, lies in headers. It runs its own event loop in a thread, so a broker
+under test (in-process or a child process) talks to it over real TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import struct
+import threading
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from tests.support.servers import LOOPBACK
+
+Responder = Callable[["RogueRequest"], bytes]
+
+
+@dataclass(frozen=True)
+class RogueRequest:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class RogueServer:
+    url: str
+    respond: Responder
+    """What the server answers; a test may replace it while the server runs."""
+    requests: list[RogueRequest] = field(default_factory=list)
+
+
+def http_response(
+    status: int, body: bytes, headers: dict[str, str] | None = None, reason: str = "X"
+) -> bytes:
+    lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@functools.lru_cache(maxsize=8)
+def gzip_bomb(decoded_bytes: int, layers: int = 1) -> bytes:
+    """``decoded_bytes`` zeros, gzipped ``layers`` times (built once per size)."""
+    data = _gzip_zeros(decoded_bytes)
+    for _ in range(layers - 1):
+        data = _gzip(data)
+    return data
+
+
+def _gzip_zeros(size: int) -> bytes:
+    # Compressing 1 GiB takes tens of seconds; after a full flush the compressor starts
+    # afresh, so every further 1 MiB block of zeros compresses to the same bytes:
+    # compress two blocks, repeat the second, and write the gzip trailer by hand.
+    block = bytes(1 << 20)
+    blocks, rest = divmod(size, len(block))
+    encoder = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    first = encoder.compress(block) + encoder.flush(zlib.Z_FULL_FLUSH)
+    repeated = encoder.compress(block) + encoder.flush(zlib.Z_FULL_FLUSH)
+    tail = encoder.compress(bytes(rest)) + encoder.flush(zlib.Z_FINISH)
+    crc = 0
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    crc = zlib.crc32(bytes(rest), crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    body = (first + repeated * (blocks - 1) + tail) if blocks else tail
+    trailer = struct.pack("<II", crc, size & 0xFFFFFFFF)
+    return header + body + trailer
+
+
+def _gzip(data: bytes) -> bytes:
+    encoder = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return encoder.compress(data) + encoder.flush()
+
+
+@contextlib.contextmanager
+def rogue_server(respond: Responder) -> Iterator[RogueServer]:
+    """Serve ``respond`` on a free loopback port until the block ends."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    state: dict[str, object] = {}
+
+    writers: set[asyncio.StreamWriter] = set()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                request_line, *header_lines = head.decode("latin-1").split("\r\n")
+                method, target, _ = request_line.split(" ", 2)
+                headers = {}
+                for line in header_lines:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                request = RogueRequest(method, target, headers, body)
+                server.requests.append(request)
+                writer.write(server.respond(request))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writers.discard(writer)
+            writer.close()
+
+    async def start() -> None:
+        listener = await asyncio.start_server(handle, LOOPBACK, 0)
+        state["listener"] = listener
+        state["port"] = listener.sockets[0].getsockname()[1]
+        ready.set()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(start())
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, name="rogue-server", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise RuntimeError("rogue server did not start")
+    server = RogueServer(url=f"http://{LOOPBACK}:{state['port']}", respond=respond)
+    try:
+        yield server
+    finally:
+
+        async def stop() -> None:
+            listener = state["listener"]
+            assert isinstance(listener, asyncio.Server)
+            listener.close()
+            for writer in list(writers):
+                writer.close()
+            await listener.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The process's high-water mark of resident memory (``VmHWM``), in bytes."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
