@@ -25,6 +25,7 @@ from typing import Any
 
 from app.config.loader import ConfigError, load_policy_file
 from app.config.models import PolicyConfig
+from app.masking import mask_url
 from app.settings import Settings, SettingsError, load_settings, unknown_variables
 from app.version import package_version
 
@@ -89,7 +90,7 @@ def summarize(config: PolicyConfig) -> str:
         if issuer.secret is not None:
             source = "shared secret"
         elif issuer.jwks_url is not None:
-            source = f"JWKS {issuer.jwks_url}"
+            source = f"JWKS {mask_url(issuer.jwks_url)}"
         else:
             source = "static public key"
         lines.append(f"  {issuer.issuer} ({', '.join(issuer.algorithms)}; {source})")

@@ -144,6 +144,7 @@ def plan_request(
         plan.region,
         plan.body,
         ttl_seconds=rule.ttl_seconds,
+        issuer=user.issuer,  # the same id at two issuers is two users: never one token
     )
     return plan, PlannedRequest(plan.region, key)
 
@@ -185,6 +186,7 @@ class TokenFlow:
         audit: dict[str, Any] = {
             "caller": caller,
             "user_id": user.id,
+            "issuer": user.issuer,
             "tenant": tenant,
             "embed": embed,
             "provider": None,

@@ -220,6 +220,8 @@ def _user_resolver(user: User) -> Any:
         field = ref.path[0]
         if field == "id":
             return user.id
+        if field == "issuer":  # the same id at two issuers is two users
+            return user.issuer
         if field == "roles":
             return list(user.roles)
         if field == "email":

@@ -8,8 +8,9 @@ operations.md "Calling vendors":
 - a circuit breaker per provider and region: 5 consecutive technical failures open it
   for 30 s (fail fast: :class:`ProviderUnavailable` with the time left), then exactly one
   trial call; its state is the ``circuit_open`` gauge;
-- at most ``max_concurrency`` calls in flight per provider; beyond that a call waits
-  until the deadline, then fails with :class:`ProviderUnavailable`.
+- at most ``max_concurrency`` calls in flight per provider *and region*; beyond that a
+  call waits until the deadline, then fails with :class:`ProviderUnavailable`. Per
+  region, so that calls hung in one region cannot make a healthy region wait.
 
 Written here rather than with ``tenacity`` (retries) or ``purgatory``/``aiobreaker``
 (breakers): the retry loop must share one deadline with the concurrency wait, check the
@@ -17,10 +18,16 @@ breaker before every attempt and label a metric per attempt, and the breaker mus
 on an injectable clock for tests; the glue around those libraries would be longer than
 the ~150 lines below.
 
-What counts for the breaker: connect errors, timeouts and every 5xx are failures; an
-answer the vendor meant (2xx, 4xx) closes it; a vendor 429 is neutral (the vendor is up
-and throttling us; opening the circuit would turn one tenant's burst into an outage for
-all). A call cancelled by its client is neutral too.
+What counts for the breaker is evidence that the *vendor* is down, never an answer
+that one request's body can provoke (issue 14: one user whose profile field made the
+vendor answer 500 held a whole region's circuit open):
+
+- failures: connect errors, timeouts, 502, 503 and 504 (gateways and load balancers
+  saying the service behind them is gone);
+- neutral: 500 and every other 5xx (the vendor's code failed on *this* request), a
+  vendor 429 (the vendor is up and throttling us), a provider bug, a call cancelled by
+  its client; a neutral half-open trial lets the next call be the trial;
+- successes (close it): an answer the vendor meant, 2xx or 4xx.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ MAX_RETRIES = 2
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 1.0
 RETRYABLE_STATUSES = frozenset({502, 503, 504})
+VENDOR_DOWN_STATUSES = RETRYABLE_STATUSES
+"""The statuses that count against the circuit breaker (with connect errors, timeouts)."""
 SATURATED_RETRY_AFTER_SECONDS = 1.0
 
 
@@ -209,6 +218,13 @@ def _is_retryable(exc: ProviderError) -> bool:
     return isinstance(exc, ProviderServerError) and exc.status in RETRYABLE_STATUSES
 
 
+def signals_vendor_down(exc: ProviderError) -> bool:
+    """Whether ``exc`` counts against the circuit breaker (see the module docstring)."""
+    if isinstance(exc, ProviderConnectError | ProviderTimeout):
+        return True
+    return isinstance(exc, ProviderServerError) and exc.status in VENDOR_DOWN_STATUSES
+
+
 class VendorCaller:
     """Retries, circuit breakers and concurrency bounds around ``provider.issue()``.
 
@@ -229,7 +245,7 @@ class VendorCaller:
         self._sleep = sleep
         self._rng = rng
         self._breakers: dict[tuple[str, str | None], CircuitBreaker] = {}
-        self._semaphores: dict[str, tuple[int, asyncio.Semaphore]] = {}
+        self._semaphores: dict[tuple[str, str | None], tuple[int, asyncio.Semaphore]] = {}
 
     def breaker(self, provider: str, region: str | None) -> CircuitBreaker:
         breaker = self._breakers.get((provider, region))
@@ -238,12 +254,13 @@ class VendorCaller:
             self._breakers[(provider, region)] = breaker
         return breaker
 
-    def _semaphore(self, provider: str, limit: int) -> asyncio.Semaphore:
-        entry = self._semaphores.get(provider)
+    def _semaphore(self, provider: str, region: str | None, limit: int) -> asyncio.Semaphore:
+        key = (provider, region)
+        entry = self._semaphores.get(key)
         if entry is None or entry[0] != limit:
             # A reload changed the bound: calls in flight release the old semaphore.
             entry = (limit, asyncio.Semaphore(limit))
-            self._semaphores[provider] = entry
+            self._semaphores[key] = entry
         return entry[1]
 
     def backoff(self, retry: int) -> float:
@@ -267,7 +284,7 @@ class VendorCaller:
         except ProviderUnavailable:
             self._count(name, region, "circuit_open")
             raise
-        semaphore = self._semaphore(name, provider.config.max_concurrency)
+        semaphore = self._semaphore(name, region, provider.config.max_concurrency)
         await self._acquire(semaphore, deadline, name, region)
         try:
             return await self._attempts(provider, body, ttl_seconds, region, breaker, deadline)
@@ -330,7 +347,10 @@ class VendorCaller:
                 raise
             except TechnicalError as exc:
                 self._observe(name, region, _status_label(exc), started)
-                breaker.record_failure()
+                if signals_vendor_down(exc):
+                    breaker.record_failure()
+                else:
+                    breaker.record_neutral(trial=trial)
                 if not _is_retryable(exc) or retry >= MAX_RETRIES:
                     raise
                 pause = self.backoff(retry)

@@ -61,6 +61,39 @@ def test_check_config_invalid_exits_1_with_path_and_reason(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_rejects_an_api_key_file_with_an_extra_newline(tmp_path: Path) -> None:
+    secret_file = tmp_path / "embeddable_us_key"
+    secret_file.write_text("canary-file-key-91ab\n\n")
+    document = base_policy()
+    document["providers"]["embeddable"]["regions"]["us"]["api_key"] = f"${{file:{secret_file}}}"
+    path = write_policy(tmp_path, document)
+    result = run_cli("check-config", str(path), env=BASE_ENV)
+    assert result.returncode == 1, result.stdout
+    assert "providers.embeddable.regions.us.api_key: " in result.stderr
+    assert "control character" in result.stderr
+    assert "canary-file-key-91ab" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_masks_credentials_in_urls(tmp_path: Path) -> None:
+    # Issue 14 item 10: check-config printed https://user:pass@... and ?key=... as is.
+    document = base_policy()
+    document["session"]["issuers"].append(
+        {
+            "issuer": "https://idp.example.com/",
+            "audiences": ["analytics-web"],
+            "algorithms": ["RS256"],
+            "jwks_url": "https://jwks-user:canary-pass-77@idp.example.com/jwks?key=canary-q-88",
+        }
+    )
+    path = write_policy(tmp_path, document)
+    result = run_cli("check-config", str(path), env=BASE_ENV)
+    assert result.returncode == 0, result.stderr
+    assert "JWKS https://***@idp.example.com/jwks?key=***" in result.stdout
+    for leaked in ("jwks-user", "canary-pass-77", "canary-q-88"):
+        assert leaked not in result.stdout + result.stderr
+
+
 def test_check_config_uses_broker_config_by_default(tmp_path: Path) -> None:
     path = write_policy(tmp_path, base_policy())
     result = run_cli("check-config", env={**BASE_ENV, "BROKER_CONFIG": str(path)})

@@ -29,6 +29,7 @@ import httpx
 
 from app.bodies import ACCEPT_ENCODING, BodyRefused, declared_too_large, read_bounded
 from app.jose_keys import KeyProblem, VerificationKey, key_from_jwk
+from app.masking import mask_url
 from app.observability.metrics import Metrics
 from app.strict_json import StrictJsonError, loads_strict_json
 
@@ -121,7 +122,10 @@ class JwksSource:
         self._retry_delay = RETRY_MIN_SECONDS
 
     def __repr__(self) -> str:
-        return f"JwksSource(issuer={self.issuer!r}, url={self.url!r}, has_keys={self.has_keys})"
+        return (
+            f"JwksSource(issuer={self.issuer!r}, url={mask_url(self.url)!r}, "
+            f"has_keys={self.has_keys})"
+        )
 
     @property
     def has_keys(self) -> bool:

@@ -39,6 +39,7 @@ MAX_CONFIG_BYTES = 4 * 1024 * 1024
 # Values used to render templates at load, to validate bodies against vendor models.
 PLACEHOLDER_USER: Mapping[str, Any] = {
     "id": "placeholder-user",
+    "issuer": "https://placeholder-issuer.example.invalid/",
     "email": "placeholder@example.invalid",
     "roles": ["placeholder-role"],
 }

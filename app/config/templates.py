@@ -6,7 +6,7 @@ text must resolve to a string or number. ``{{`` and ``}}`` are literal braces.
 
 References:
 
-    {user.id} {user.email} {user.roles} {user.claims.<dotted.path>}
+    {user.id} {user.issuer} {user.email} {user.roles} {user.claims.<dotted.path>}
     {tenant.id} {tenant.region} {tenant.attributes.<dotted.path>}
     {embed.name}
 """
@@ -24,7 +24,7 @@ _NAME = r"[A-Za-z_][A-Za-z0-9_\-]*"
 _SEGMENT = r"[A-Za-z0-9_\-]+"
 _REFERENCE = re.compile(rf"^{_NAME}(?:\.{_SEGMENT})*$")
 
-USER_FIELDS = frozenset({"id", "email", "roles"})
+USER_FIELDS = frozenset({"id", "issuer", "email", "roles"})
 TENANT_FIELDS = frozenset({"id", "region"})
 EMBED_FIELDS = frozenset({"name"})
 
@@ -113,7 +113,7 @@ def _parse_reference(inner: str) -> Reference:
         if len(path) >= 2 and path[0] == "claims":
             return Reference(root, tuple(path))
         raise TemplateError(
-            f"unknown reference '{{{inner}}}': user has id, email, roles and claims.<path>"
+            f"unknown reference '{{{inner}}}': user has id, issuer, email, roles and claims.<path>"
         )
     if root == "tenant":
         if len(path) == 1 and path[0] in TENANT_FIELDS:

@@ -52,6 +52,29 @@ ScriptUrl = Annotated[AnyHttpUrl, AfterValidator(check_script_url)]
 """The URL of a vendor's web-component loader, given to the front end as element.script."""
 
 
+def check_api_key(key: SecretStr) -> SecretStr:
+    """An API key goes into an ``Authorization`` header: printable ASCII without spaces.
+
+    A control character (a YAML ``\\n``, a secret file saved with an extra newline) would
+    otherwise pass ``check-config`` and fail every vendor call locally, be retried and
+    trip the breaker. The message never shows the key.
+    """
+    value = key.get_secret_value()
+    for char in value:
+        if char < " " or char == "\x7f":
+            raise ValueError(
+                "contains a control character (a newline or tab?); check for an extra "
+                "newline in the secret file or an escape in the YAML"
+            )
+        if char == " " or char > "~":
+            raise ValueError("must be printable ASCII without spaces")
+    return key
+
+
+ApiKey = Annotated[SecretStr, Field(min_length=1), AfterValidator(check_api_key)]
+"""A vendor API key as the policy file gives it (checked at load, never shown)."""
+
+
 class ProviderConfigBase(StrictModel):
     """Settings every provider type has."""
 

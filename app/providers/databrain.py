@@ -12,7 +12,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr
 
+from app.masking import mask_url
 from app.providers.base import (
+    ApiKey,
     BaseProvider,
     Element,
     EmbedElementConfig,
@@ -44,7 +46,7 @@ the live API has been seen to send). Every other 4xx is about the request body."
 class DatabrainConfig(ProviderConfigBase):
     type: Literal["databrain"]
     base_url: VendorUrl = AnyHttpUrl(DEFAULT_BASE_URL)
-    api_key: SecretStr = Field(min_length=1)
+    api_key: ApiKey
     script_url: ScriptUrl | None = None
     """Where the front end loads Databrain's web components from (element.script); none
     by default: most apps bundle the ``@databrainhq/plugin`` package."""
@@ -142,7 +144,7 @@ class DatabrainProvider(BaseProvider):
     config: DatabrainConfig
 
     def __repr__(self) -> str:
-        return f"DatabrainProvider(name={self.name!r}, base_url={str(self.config.base_url)!r})"
+        return f"DatabrainProvider(name={self.name!r}, base_url={mask_url(self.config.base_url)!r})"
 
     @classmethod
     def validate_request(

@@ -19,6 +19,7 @@ import orjson
 from pydantic import Field, SecretStr, model_validator
 
 from app.providers.base import (
+    ApiKey,
     BaseProvider,
     Element,
     EmbedElementConfig,
@@ -60,7 +61,7 @@ CANVAS_STATE = "customCanvasState"
 
 
 class EmbeddableRegionConfig(StrictModel):
-    api_key: SecretStr = Field(min_length=1)
+    api_key: ApiKey
     base_url: VendorUrl | None = None
     """Defaults to https://api.<region>.embeddable.com for us and eu."""
     script_url: ScriptUrl | None = None

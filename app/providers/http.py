@@ -14,6 +14,8 @@ import logging
 import math
 import re
 import time
+import unicodedata
+import urllib.parse
 from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
@@ -43,8 +45,14 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_TOKEN_CHARS = 16 * 1024
 MAX_MESSAGE_CHARS = 200
 
-# A token goes into an HTML attribute and a JSON body: visible ASCII, no spaces or quotes.
-_TOKEN_RE = re.compile(r"[!#-~]+")
+# A token goes into an HTML attribute and a JSON body, so only the vendors' own token
+# alphabets pass: a compact JWS (three base64url segments: Embeddable, Superset,
+# Preset) or a UUID (Databrain). Anything else (quotes, <, >, spaces) is a vendor or a
+# middlebox misbehaving: upstream_bad_response.
+_TOKEN_RE = re.compile(
+    r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+    r"|[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+)
 _VENDOR_CODE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?")
 _BEARER_RE = re.compile(r"(?i)\bbearer\s+\S+")
@@ -317,10 +325,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 
 def scrub_message(text: str, secrets: Iterable[str] = ()) -> str:
-    """A vendor message made safe to log and show: no keys, tokens, control characters."""
+    """A vendor message made safe to log and show: no keys, tokens, control characters.
+
+    A message that quotes a *variant* of a secret (lowercased, truncated, reversed,
+    %-encoded, letter-spaced, full-width) is withheld whole: see :func:`quotes_a_secret`.
+    """
+    text = text[:MAX_SCANNED_MESSAGE_CHARS]
     for secret in secrets:
         if len(secret) >= 4:
             text = text.replace(secret, REDACTED)
+            if quotes_a_secret(text, secret):
+                return WITHHELD
     text = _BEARER_RE.sub(f"Bearer {REDACTED}", text)
     text = _JWT_RE.sub(REDACTED, text)
     text = _OPAQUE_RE.sub(_redact_opaque, text)
@@ -328,6 +343,42 @@ def scrub_message(text: str, secrets: Iterable[str] = ()) -> str:
     if len(text) > MAX_MESSAGE_CHARS:
         text = text[: MAX_MESSAGE_CHARS - 1].rstrip() + "…"
     return text
+
+
+SECRET_RUN_CHARS = 12
+"""A message sharing this many letters and digits in a row with a secret is withheld."""
+MAX_SCANNED_MESSAGE_CHARS = 4 * 1024
+WITHHELD = "[message withheld: it quoted a secret]"
+
+
+def _fold(text: str) -> str:
+    """Letters and digits only, case-folded, after %-decoding and NFKC (full-width → ASCII)."""
+    for _ in range(3):  # double-encoded, too
+        decoded = urllib.parse.unquote_plus(text)
+        if decoded == text:
+            break
+        text = decoded
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(char for char in text if char.isalnum())
+
+
+def quotes_a_secret(message: str, secret: str) -> bool:
+    """True when ``message`` shares a run of SECRET_RUN_CHARS letters and digits (or all of
+    a shorter secret) with ``secret``, read forwards or backwards, ignoring case,
+    separators and %-encoding. Random keys share no such run with words by chance."""
+    folded_secret = _fold(secret)
+    run = min(SECRET_RUN_CHARS, len(folded_secret))
+    if run < 4:
+        return False
+    folded = _fold(message)
+    if len(folded) < run:
+        return False
+    backwards = folded[::-1]
+    return any(
+        folded_secret[start : start + run] in folded
+        or folded_secret[start : start + run] in backwards
+        for start in range(len(folded_secret) - run + 1)
+    )
 
 
 def _redact_opaque(match: re.Match[str]) -> str:

@@ -80,15 +80,20 @@ def token_cache_key(
     body: Mapping[str, Any],
     *,
     ttl_seconds: int | None = None,
+    issuer: str | None = None,
 ) -> str:
     """SHA-256 (hex) of a canonical encoding of what the vendor would be asked.
+
+    ``issuer`` is who vouched for the user: the same ``sub`` at two issuers is two
+    users, so their tokens are never shared even when their bodies are identical
+    (a body that does not mention ``{user.issuer}`` looks the same for both).
 
     Canonical: JSON with sorted keys and no whitespace. ``ttl_seconds`` belongs in the
     key whenever the provider adds the expiry field to the body itself (it does:
     ``BROKER_OWNED_FIELDS``), so two embeds that differ only in lifetime don't share.
     """
     encoded = orjson.dumps(
-        [provider, region, ttl_seconds, body],
+        [provider, region, ttl_seconds, issuer, body],
         option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS,
         default=_json_default,
     )

@@ -134,6 +134,38 @@ def test_file_secrets_strip_one_trailing_newline(tmp_path: Path) -> None:
     assert policy.providers["databrain"].secrets()[0].get_secret_value() == "file-key-123"
 
 
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [
+        ("canary-key-5b3e\n", "control character"),  # a YAML "\n"
+        ("canary-key-5b3e\r", "control character"),
+        ("canary\tkey-5b3e", "control character"),
+        ("canary-key\x00-5b3e", "control character"),
+        ("canary-key-5b3e\x7f", "control character"),
+        ("canary key-5b3e", "printable ASCII"),
+        ("canary-kéy-5b3e", "printable ASCII"),
+    ],
+)
+def test_api_keys_with_control_characters_fail_at_load(key: str, fragment: str) -> None:
+    # Issue 14 item 12: such a key passed check-config, then every vendor call failed
+    # locally, was retried and tripped the breaker.
+    document = base_policy()
+    document["providers"]["embeddable"]["regions"]["us"]["api_key"] = key
+    document["providers"]["databrain"]["api_key"] = key
+    found = problems(document)
+    for path in ("providers.embeddable.regions.us.api_key", "providers.databrain.api_key"):
+        assert any(p.startswith(f"{path}: ") and fragment in p for p in found), found
+    assert not any("canary" in p for p in found), found
+
+
+def test_a_secret_file_with_two_trailing_newlines_fails_at_load(tmp_path: Path) -> None:
+    secret_file = tmp_path / "databrain_key"
+    secret_file.write_text("file-key-123\n\n")  # one is stripped, one is a typo
+    document = base_policy()
+    document["providers"]["databrain"]["api_key"] = f"${{file:{secret_file}}}"
+    assert_problem(document, "providers.databrain.api_key", "control character")
+
+
 def test_missing_secret_file_is_an_error_naming_the_path(tmp_path: Path) -> None:
     document = base_policy()
     document["providers"]["databrain"]["api_key"] = f"${{file:{tmp_path}/absent}}"

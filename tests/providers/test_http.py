@@ -432,6 +432,25 @@ async def test_the_ttl_wins_when_the_jwt_lives_longer() -> None:
     assert before + 900 <= issued.expires_at <= time.time() + 900
 
 
+@pytest.mark.parametrize(
+    "token",
+    [
+        "eyJ'<script>.e30.c2ln",  # the red team's: ' < > pass "visible ASCII"
+        'eyJhbGciOiJIUzI1NiJ9.e30."onmouseover',
+        "eyJhbGciOiJIUzI1NiJ9.e30.c2ln extra",
+        "eyJhbGciOiJIUzI1NiJ9.e30.c2ln\n",
+        "eyJhbGciOiJIUzI1NiJ9.e30",  # two segments
+        "a.b.c.d.e",  # JWE: not a token any vendor hands out
+        "opaque-token-without-dots",
+        "0f8fad5b-d9cb-469f-a165-70867728950e-x",
+        "&lt;0f8fad5b-d9cb-469f-a165-70867728950e",
+    ],
+)
+async def test_a_token_outside_the_vendor_alphabet_is_a_bad_response(token: str) -> None:
+    with pytest.raises(ProviderBadResponse, match="characters a token cannot have"):
+        await issue(embeddable(answer(200, {"token": token})))
+
+
 async def test_an_already_expired_jwt_is_a_bad_response() -> None:
     token = jwt_with({"exp": int(time.time()) - 1})
 
@@ -441,7 +460,7 @@ async def test_an_already_expired_jwt_is_a_bad_response() -> None:
 
 @pytest.mark.parametrize(
     "token",
-    ["opaque-token-without-dots", jwt_with({"sub": "x"}), jwt_with({"exp": "tomorrow"})],
+    ["0f8fad5b-d9cb-469f-a165-70867728950e", jwt_with({"sub": "x"}), jwt_with({"exp": "tomorrow"})],
 )
 async def test_a_token_without_a_readable_exp_lives_for_the_ttl(
     token: str, caplog: pytest.LogCaptureFixture

@@ -19,7 +19,7 @@ from app.providers.errors import (
     ProviderTimeout,
     ProviderUnavailable,
 )
-from app.resilience import VendorCaller
+from app.resilience import CircuitState, VendorCaller
 
 pytestmark = pytest.mark.anyio
 
@@ -225,18 +225,26 @@ async def test_an_attempt_past_the_deadline_is_a_timeout(metrics: Metrics) -> No
     assert upstream(metrics, "timeout") == 1
 
 
+async def open_circuit(caller: VendorCaller, region: str = "eu") -> FakeProvider:
+    """Five connection failures (two calls with their retries): the circuit opens."""
+    failing = FakeProvider(connect_error())
+    with pytest.raises(ProviderConnectError):
+        await caller.issue(failing, {}, 600, region)  # attempts 1-3
+    with pytest.raises(ProviderUnavailable):
+        await caller.issue(failing, {}, 600, region)  # attempts 4, 5, then open
+    assert failing.calls == 5
+    return failing
+
+
 async def test_circuit_opens_after_five_failed_attempts_and_fails_fast(
     caller: VendorCaller, time_: FakeTime, metrics: Metrics
 ) -> None:
-    failing = FakeProvider(server_error(500))
-    for _ in range(5):
-        with pytest.raises(ProviderServerError):
-            await caller.issue(failing, {}, 600, "eu")
+    failing = await open_circuit(caller)
     with pytest.raises(ProviderUnavailable) as refused:
         await caller.issue(failing, {}, 600, "eu")
     assert failing.calls == 5
-    assert refused.value.retry_after_seconds == pytest.approx(30)
-    assert upstream(metrics, "circuit_open") == 1
+    assert refused.value.retry_after_seconds == pytest.approx(30, abs=1)  # backoff passed
+    assert upstream(metrics, "circuit_open") == 2
     open_gauge = metrics.registry.get_sample_value(
         "token_broker_circuit_open", {"provider": NAME, "region": "eu"}
     )
@@ -304,10 +312,7 @@ async def test_waiting_for_a_slot_past_the_deadline_is_unavailable(metrics: Metr
 async def test_a_cancelled_trial_call_frees_the_half_open_slot(
     caller: VendorCaller, time_: FakeTime
 ) -> None:
-    failing = FakeProvider(server_error(500))
-    for _ in range(5):
-        with pytest.raises(ProviderServerError):
-            await caller.issue(failing, {}, 600, "eu")
+    await open_circuit(caller)
     time_.now += 30
     started = asyncio.Event()
 
@@ -327,9 +332,7 @@ async def test_a_cancelled_trial_call_frees_the_half_open_slot(
 
 
 async def test_a_logical_answer_closes_the_circuit(caller: VendorCaller, time_: FakeTime) -> None:
-    for _ in range(5):
-        with pytest.raises(ProviderServerError):
-            await caller.issue(FakeProvider(server_error(500)), {}, 600, "eu")
+    await open_circuit(caller)
     time_.now += 30
     rejected = ProviderRejected("bad field", provider=NAME, status=400)
     with pytest.raises(ProviderRejected):
@@ -347,3 +350,74 @@ async def test_a_provider_bug_propagates_and_is_counted(
     with pytest.raises(KeyError):
         await caller.issue(FakeProvider(broken), {}, 600, "eu")
     assert upstream(metrics, "error") == 1
+
+
+# --- issue 14: shared-fate poisoning ---------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 501, 505, 599])
+async def test_an_answer_one_body_provokes_never_opens_the_circuit(
+    caller: VendorCaller, status: int
+) -> None:
+    # One user whose claim makes the vendor answer 500 used to open the circuit for
+    # the whole provider and region after five requests.
+    poisoned = FakeProvider(server_error(status))
+    for _ in range(20):
+        with pytest.raises(ProviderServerError):
+            await caller.issue(poisoned, {}, 600, "eu")
+    assert poisoned.calls == 20  # not retried, and never refused
+    assert caller.breaker(NAME, "eu").state is CircuitState.CLOSED
+    assert await caller.issue(FakeProvider(TOKEN), {}, 600, "eu") is TOKEN
+
+
+@pytest.mark.parametrize(
+    "signal",
+    [connect_error, vendor_timeout, lambda: server_error(502), lambda: server_error(503)],
+)
+async def test_signs_of_a_vendor_outage_open_the_circuit(
+    caller: VendorCaller, signal: Callable[[], ProviderError]
+) -> None:
+    failing = FakeProvider(signal())
+    for _ in range(2):  # 3 attempts, then 2 and open
+        with pytest.raises((ProviderError,)):
+            await caller.issue(failing, {}, 600, "eu")
+    assert caller.breaker(NAME, "eu").state is CircuitState.OPEN
+    assert failing.calls == 5
+
+
+async def test_a_poisoned_half_open_trial_does_not_keep_the_circuit_open(
+    caller: VendorCaller, time_: FakeTime
+) -> None:
+    await open_circuit(caller)
+    time_.now += 30
+    # The attacker's request becomes the trial and fails with a 500 of its own making.
+    with pytest.raises(ProviderServerError):
+        await caller.issue(FakeProvider(server_error(500)), {}, 600, "eu")
+    assert caller.breaker(NAME, "eu").state is not CircuitState.OPEN
+    # The next caller is the trial; the vendor is fine, so the circuit closes.
+    assert await caller.issue(FakeProvider(TOKEN), {}, 600, "eu") is TOKEN
+    assert caller.breaker(NAME, "eu").state is CircuitState.CLOSED
+
+
+async def test_calls_hung_in_one_region_leave_other_regions_their_slots(
+    metrics: Metrics,
+) -> None:
+    # 100 hung calls in one region made a healthy region wait 4.2 s (then 503).
+    caller = VendorCaller(metrics=metrics)
+    release = asyncio.Event()
+
+    async def hung() -> IssuedToken:
+        await release.wait()
+        return TOKEN
+
+    holder = FakeProvider(hung, max_concurrency=2, timeout_seconds=30)
+    stuck = [asyncio.create_task(caller.issue(holder, {}, 600, "us")) for _ in range(2)]
+    await asyncio.sleep(0)
+    healthy = FakeProvider(TOKEN, max_concurrency=2, timeout_seconds=0.05)
+    assert await caller.issue(healthy, {}, 600, "eu") is TOKEN
+    with pytest.raises(ProviderUnavailable):  # the hung region itself is bounded
+        await caller.issue(healthy, {}, 600, "us")
+    assert upstream(metrics, "concurrency_limit", region="us") == 1
+    assert upstream(metrics, "concurrency_limit", region="eu") == 0
+    release.set()
+    assert await asyncio.gather(*stuck) == [TOKEN, TOKEN]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 from tests.support.servers import LOOPBACK
 
-Responder = Callable[["RogueRequest"], bytes]
+Responder = Callable[["RogueRequest"], bytes | None]
+"""The bytes to answer with, or None to never answer (hold the connection open)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,11 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 request = RogueRequest(method, target, headers, body)
                 server.requests.append(request)
-                writer.write(server.respond(request))
+                answer = server.respond(request)
+                if answer is None:  # hang until the client gives up
+                    await reader.read()
+                    break
+                writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
