@@ -32,13 +32,14 @@ GOOD_TOKEN = "eyJhbGciOiJub25lIn0.eyJleHAiOjQxMDI0NDQ4MDB9.c2ln"
 POISON = "mallory-provokes-500"
 HOSTILE_TOKEN = "eyJ'<script>alert(1)</script>"
 ECHO = "echo-user"
+HANG_US = {"on": True}
 
 
 def vendor(request: RogueRequest) -> bytes | None:
     """Embeddable as the red team found it: a 500 for one user's body, a hang in ``us``."""
     if request.method != "POST":
         return http_response(404, b"")
-    if "/us/" in request.target:
+    if "/us/" in request.target and HANG_US["on"]:
         return None
     body = json.loads(request.body)
     if POISON in json.dumps(body):
@@ -67,7 +68,7 @@ def policy() -> dict[str, Any]:
     document = base_policy()
     embeddable = document["providers"]["embeddable"]
     embeddable["max_concurrency"] = 2
-    embeddable["timeout_seconds"] = 3
+    embeddable["timeout_seconds"] = 10
     return document
 
 
@@ -120,18 +121,27 @@ def test_calls_hung_in_one_region_do_not_hold_another_regions_slots(
     broker: BrokerProcess, rogue: RogueServer
 ) -> None:
     # Before: max_concurrency was per provider, so calls hanging in us (globex) made
-    # eu (acme) wait for a slot until its deadline, then answer 503.
-    with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        hung = [pool.submit(ask, broker, f"hung-{i}", "globex") for i in range(4)]
-        deadline = time.monotonic() + 30
-        while sum(1 for r in rogue.requests if "/us/" in r.target) < 2:
-            assert time.monotonic() < deadline, "the hung calls never reached the vendor"
-            time.sleep(0.01)
-        served = ask(broker, f"healthy-{time.monotonic_ns()}")
-        assert served.status_code == 200, served.text
-        outcomes = [future.result() for future in hung]
-    # The hung region is bounded on its own: timeouts, then refusals.
-    assert {r.status_code for r in outcomes} <= {503, 504}
+    # eu (acme) wait until a hung call gave up (the red team saw 4.2 s, then 503s).
+    # Now eu is answered while both us calls are still held by the vendor.
+    HANG_US["on"] = True
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            hung = [pool.submit(ask, broker, f"hung-{i}", "globex") for i in range(4)]
+            deadline = time.monotonic() + 60
+            while rogue.hanging < 2:  # us is full: two held, two waiting for a slot
+                assert time.monotonic() < deadline, "the hung calls never reached the vendor"
+                time.sleep(0.01)
+            served = ask(broker, f"healthy-{time.monotonic_ns()}")
+            held_while_served = rogue.hanging
+            HANG_US["on"] = False
+            rogue.release()
+            outcomes = [future.result() for future in hung]
+    finally:
+        HANG_US["on"] = False
+    assert served.status_code == 200, served.text
+    assert held_while_served == 2
+    # The us region is bounded on its own: never more than two at the vendor at once.
+    assert all(r.status_code == 200 for r in outcomes), [r.text for r in outcomes]
     metrics = httpx.get(f"{broker.url}/metrics", timeout=10).text
     assert 'status="concurrency_limit"' not in _lines_for(metrics, 'region="eu"')
 

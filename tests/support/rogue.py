@@ -38,6 +38,10 @@ class RogueServer:
     respond: Responder
     """What the server answers; a test may replace it while the server runs."""
     requests: list[RogueRequest] = field(default_factory=list)
+    hanging: int = 0
+    """Requests held open right now (``respond`` returned None)."""
+    release: Callable[[], None] = lambda: None
+    """Ask ``respond`` again for every held request and answer it (or keep holding)."""
 
 
 def http_response(
@@ -90,6 +94,7 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
     state: dict[str, object] = {}
 
     writers: set[asyncio.StreamWriter] = set()
+    release_event = asyncio.Event()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.add(writer)
@@ -107,9 +112,19 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
                 request = RogueRequest(method, target, headers, body)
                 server.requests.append(request)
                 answer = server.respond(request)
-                if answer is None:  # hang until the client gives up
-                    await reader.read()
-                    break
+                while answer is None:  # hold until the client gives up or a release
+                    server.hanging += 1
+                    eof = asyncio.ensure_future(reader.read())
+                    released = asyncio.ensure_future(release_event.wait())
+                    try:
+                        await asyncio.wait({eof, released}, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        server.hanging -= 1
+                        released.cancel()
+                    if eof.done():
+                        return
+                    eof.cancel()
+                    answer = server.respond(request)
                 writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -134,6 +149,15 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
     if not ready.wait(10):
         raise RuntimeError("rogue server did not start")
     server = RogueServer(url=f"http://{LOOPBACK}:{state['port']}", respond=respond)
+
+    def release() -> None:
+        def pulse() -> None:
+            release_event.set()
+            release_event.clear()
+
+        loop.call_soon_threadsafe(pulse)
+
+    server.release = release
     try:
         yield server
     finally:
