@@ -123,7 +123,9 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
                         released.cancel()
                     if eof.done():
                         return
-                    eof.cancel()
+                    eof.cancel()  # and wait for it: the reader allows one waiter at a time
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await eof
                     answer = server.respond(request)
                 writer.write(answer)
                 await writer.drain()
