@@ -1,5 +1,7 @@
-"""deploy/kubernetes: schema-valid manifests (kubernetes-validate, strict, offline), the
-sidecar's probes and security context, and a policy whose secrets are mounted files."""
+"""deploy/kubernetes, the sidecar mode: schema-valid manifests (kubernetes-validate,
+strict, offline) as kustomize renders them, the sidecar's probes and security context,
+a NetworkPolicy that keeps other pods off the broker, and a policy whose secrets are
+mounted files. The replicated overlay is tested in test_kubernetes_replicated.py."""
 
 from __future__ import annotations
 
@@ -13,9 +15,9 @@ import pytest
 
 from app.config.loader import load_policy_text
 from app.providers.databrain import DatabrainConfig
+from tests.deploy.kustomize import KUSTOMIZATION, render
 from tests.deploy.support import KUBERNETES_DIR, load_yaml, load_yaml_documents
 
-KUSTOMIZATION = KUBERNETES_DIR / "kustomization.yaml"
 # The oldest Kubernetes the example supports, and the newest the validator knows.
 KUBERNETES_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
 BROKER_CONTAINER = "token-broker"
@@ -24,11 +26,13 @@ FILE_REFERENCE = re.compile(r"\$\{file:([^}]*)\}")
 
 
 def manifest_files() -> list[Path]:
-    return sorted(p for p in KUBERNETES_DIR.glob("*.yaml") if p != KUSTOMIZATION)
+    """Every manifest under deploy/kubernetes, both modes and their shared base."""
+    return sorted(p for p in KUBERNETES_DIR.rglob("*.yaml") if p.name != KUSTOMIZATION)
 
 
 def resources() -> list[dict[str, Any]]:
-    return [doc for path in manifest_files() for doc in load_yaml_documents(path)]
+    """The sidecar mode as ``kubectl apply -k deploy/kubernetes`` would create it."""
+    return render(KUBERNETES_DIR)
 
 
 def resource(kind: str) -> dict[str, Any]:
@@ -67,15 +71,36 @@ def volume_of(pod_spec: dict[str, Any], key: str, name: str) -> dict[str, Any]:
 
 # --- schemas ---------------------------------------------------------------------------
 
+# Kinds of the Kubernetes API itself; the ServiceMonitor (a CRD) has its own schema check.
+BUILT_IN = [
+    path
+    for path in manifest_files()
+    if all(doc["kind"] != "ServiceMonitor" for doc in load_yaml_documents(path))
+]
+
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("path", manifest_files(), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", BUILT_IN, ids=lambda p: str(p.relative_to(KUBERNETES_DIR)))
 def test_manifest_is_valid_in_strict_mode(path: Path, version: str) -> None:
     documents = load_yaml_documents(path)
     assert documents
     for document in documents:
         # A kind without a schema raises SchemaNotFoundError here (the CLI only warns).
         kubernetes_validate.validate(document, version, strict=True)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_rendered_sidecar_is_valid_in_strict_mode(version: str) -> None:
+    rendered = resources()
+    assert sorted(r["kind"] for r in rendered) == [
+        "ConfigMap",
+        "Deployment",
+        "NetworkPolicy",
+        "Secret",
+    ]
+    for document in rendered:
+        kubernetes_validate.validate(document, version, strict=True)
+        assert document["metadata"]["labels"]["app.kubernetes.io/part-of"] == "analytics-web"
 
 
 def test_strict_validation_rejects_an_unknown_field() -> None:
@@ -85,17 +110,45 @@ def test_strict_validation_rejects_an_unknown_field() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = load_yaml(KUSTOMIZATION)
-    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
-    assert kustomization["kind"] == "Kustomization"
-    assert sorted(kustomization["resources"]) == sorted(p.name for p in manifest_files())
+def test_every_manifest_is_in_its_directorys_kustomization() -> None:
+    for path in manifest_files():
+        kustomization = load_yaml(path.parent / KUSTOMIZATION)
+        assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+        assert path.name in kustomization["resources"], f"{path} is in no kustomization"
+
+
+def test_kustomization_images_name_the_deployments_images() -> None:
+    kustomization = load_yaml(KUBERNETES_DIR / KUSTOMIZATION)
     images = {image["name"] for image in kustomization.get("images", [])}
     deployment_images = {
         c["image"].rsplit(":", 1)[0]
         for c in resource("Deployment")["spec"]["template"]["spec"]["containers"]
     }
     assert images <= deployment_images
+
+
+# --- the network ---------------------------------------------------------------------
+
+
+def test_network_policy_opens_the_broker_port_to_prometheus_only(
+    pod_spec: dict[str, Any], broker: dict[str, Any]
+) -> None:
+    policy = resource("NetworkPolicy")["spec"]
+    selector = resource("Deployment")["spec"]["selector"]["matchLabels"]
+    assert policy["podSelector"]["matchLabels"] == selector
+    assert policy["policyTypes"] == ["Ingress"]
+    broker_port = broker["ports"][0]["name"]
+    rules = [r for r in policy["ingress"] if any(p["port"] == broker_port for p in r["ports"])]
+    assert len(rules) == 1
+    (peer,) = rules[0]["from"]
+    assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+    assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
+    # Every other rule is for the app's own port, never the broker's.
+    app = next(c for c in pod_spec["containers"] if c["name"] != BROKER_CONTAINER)
+    app_ports = {p["name"] for p in app["ports"]}
+    for rule in policy["ingress"]:
+        if rule is not rules[0]:
+            assert {p["port"] for p in rule["ports"]} <= app_ports
 
 
 # --- the sidecar -----------------------------------------------------------------------
