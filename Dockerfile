@@ -40,6 +40,7 @@ RUN uv export --frozen --no-dev --no-emit-project --no-header --quiet --output-f
        --requirement requirements.txt
 
 COPY app ./app
+COPY clients/js ./clients/js
 RUN uv build --quiet --wheel --out-dir /tmp/dist \
     && uv pip install --quiet --python /opt/venv/bin/python --no-deps /tmp/dist/*.whl
 

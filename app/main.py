@@ -10,7 +10,7 @@ from typing import TypedDict
 
 from fastapi import FastAPI
 
-from app.api import metrics, probes, tokens
+from app.api import client, metrics, probes, tokens
 from app.api.cors import DynamicCORSMiddleware
 from app.api.docs import install_docs
 from app.api.middleware import RequestContextMiddleware
@@ -68,6 +68,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_exception_handlers(app)
     app.include_router(probes.router)
     app.include_router(metrics.router)
+    app.include_router(client.router)
+    client.client_script()  # read now, not on the event loop; a missing file fails start-up
     install_docs(app, package_version(), tokens.ROUTES, docs_enabled=settings.docs_enabled)
     # Added first = innermost; added last = outermost. The token routes are served by
     # TokenRouter only (app.api.routing), inside the request-id and CORS middleware:

@@ -221,6 +221,9 @@ def test_serve_becomes_ready_and_exits_0_on_sigterm(installed: Path, tmp_path: P
         wait_for_200(f"{base_url}/readyz", process, log)
         status, body = get(f"{base_url}/healthz")
         assert (status, json.loads(body)) == (200, {"status": "ok"})
+        # The browser client ships inside the wheel (no checkout next to the venv).
+        status, body = get(f"{base_url}/v1/client.js")
+        assert (status, body) == (200, (REPO_ROOT / "clients/js/token-broker.js").read_bytes())
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0, log.read_text(errors="replace")
