@@ -3,8 +3,8 @@
 For a newcomer's first five minutes: no vendor accounts, no IdP. The broker serves
 ``config/demo.yaml`` with its providers pointed at the sandbox, and the command prints
 ``curl`` lines with freshly minted dev session tokens for two tenants in two regions
-and both vendors. While it runs, each token decision (and each refused session) is
-echoed as one readable line, so the newcomer sees what the broker decided and why.
+and both vendors, and serves the demo page (app/demo_site) next to the broker. While it
+runs, each token decision (and each refused session) is echoed as one readable line, so the newcomer sees what the broker decided and why.
 
 Both listening sockets are bound before anything starts: a busy port is one line
 naming the flag that changes it, not a traceback from inside uvicorn.
@@ -28,6 +28,7 @@ import uvicorn
 
 from app.auth import mint_dev_token
 from app.config.loader import ConfigError, load_policy_file
+from app.demo_site import DemoSite
 from app.main import create_app
 from app.observability.logging import escape_control, logging_config
 from app.sandbox import create_sandbox_app
@@ -164,6 +165,17 @@ def listen(port: int, flag: str, make_variable: str) -> socket.socket:
     return sock
 
 
+def demo_site(broker: Any, config_path: Path, sandbox_port: int) -> Any:
+    """The broker with the demo page (app/demo_site) in front of it, on the broker's port."""
+    config = load_policy_file(config_path)
+    return DemoSite(
+        broker,
+        session=config.session,
+        tenants={name: tenant.region for name, tenant in config.tenants.items()},
+        sandbox_url=f"http://{LOOPBACK}:{sandbox_port}",
+    )
+
+
 def _server(app: Any) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
@@ -182,7 +194,7 @@ async def _serve(
     sandbox_port = sandbox_socket.getsockname()[1]
     settings = Settings(config=config_path, port=broker_port, log_format="console")
     sandbox = _server(create_sandbox_app())
-    broker = _server(create_app(settings))
+    broker = _server(demo_site(create_app(settings), config_path, sandbox_port))
     sandbox_task = asyncio.create_task(sandbox.serve(sockets=[sandbox_socket]))
     while not sandbox.started:
         if sandbox_task.done():
@@ -203,6 +215,7 @@ async def _serve(
     print(
         f"Broker:          {broker_url}  (policy {config_path}; /readyz /metrics /openapi.json)\n"
     )
+    print(f"Demo page:       {broker_url}/demo/  (the browser client, both vendors)\n")
     print("Paste any of these into another terminal:\n")
     for line in curl_commands(config_path, broker_url):
         print(line + "\n")

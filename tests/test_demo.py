@@ -46,6 +46,7 @@ def test_demo_prints_working_curl_commands(tmp_path: Path) -> None:
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
+        assert f"http://127.0.0.1:{broker_port}/demo/" in log.read_text()  # the demo page
         commands = [line for line in log.read_text().splitlines() if line.startswith("curl ")]
         assert len(commands) == 4
         seen = set()

@@ -518,15 +518,15 @@ def mint_dev_token(
     config: SessionConfig,
     *,
     user: str,
-    tenant: str,
+    tenant: str | Sequence[str],
     roles: Sequence[str],
     ttl_seconds: int,
     now: float | None = None,
 ) -> str:
-    """A session JWT for local testing (``token-broker dev-token``).
+    """A session JWT for local testing (``token-broker dev-token``, the demo page).
 
     Signed with the first HS* issuer's secret; ``iss`` and ``aud`` from that issuer,
-    the user, tenant and roles at the configured claim paths.
+    the user, tenant (or a list of tenants) and roles at the configured claim paths.
     """
     issuer = next((i for i in config.issuers if i.is_hmac and i.secret is not None), None)
     if issuer is None or issuer.secret is None:
@@ -547,7 +547,7 @@ def mint_dev_token(
     }
     claims = _ClaimMap.of(config.claims)
     claims.user_id.place(payload, user)
-    claims.tenants.place(payload, tenant)
+    claims.tenants.place(payload, tenant if isinstance(tenant, str) else list(tenant))
     if claims.roles is not None:
         claims.roles.place(payload, list(roles))
     signing_input = f"{_b64url_json({'alg': alg, 'typ': 'JWT'})}.{_b64url_json(payload)}"

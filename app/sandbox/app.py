@@ -6,7 +6,8 @@ One ASGI app serves, on one port (upstreams.md "The sandbox"):
 - ``POST /databrain/api/v2/guest-token/create``
 - ``GET|DELETE /_sandbox/requests[?vendor=&region=]``: what each vendor received
 - ``GET|POST|DELETE /_sandbox/faults[?vendor=]``: fault injection (see faults.py)
-- ``GET /_sandbox/tokens/{token}``: the request a token was issued for
+- ``GET /_sandbox/tokens/{token}``: the request a token was issued for (any origin may read it)
+- ``GET /_sandbox/components.js``: stand-in web components (see components.py)
 - ``GET /healthz``
 
 It is plain ASGI rather than FastAPI: it sits on the benchmark's hot path, and the
@@ -46,6 +47,12 @@ from app.sandbox.asgi import (
     read_body,
     respond,
     respond_json,
+)
+from app.sandbox.components import (
+    ANY_ORIGIN,
+    COMPONENTS_PATH,
+    load_components,
+    serve_components,
 )
 from app.sandbox.faults import VENDORS, FaultBook, FaultRule, Vendor
 from app.sandbox.schemas import (
@@ -205,6 +212,7 @@ class SandboxApp:
 
     def __init__(self, settings: SandboxSettings) -> None:
         self.state = SandboxState(settings)
+        load_components()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -221,6 +229,8 @@ class SandboxApp:
                 await self._vendor(scope, receive, send, "embeddable", region)
             else:
                 await respond(send, 404, embeddable_error(f"unknown region {region[:32]!r}"))
+        elif path == COMPONENTS_PATH and scope["method"] in ("GET", "HEAD"):
+            await serve_components(send)
         elif path.startswith(CONTROL_PREFIX):
             await self._control(scope, receive, send, path[len(CONTROL_PREFIX) :])
         elif path == "/healthz":
@@ -361,9 +371,9 @@ class SandboxApp:
         elif path.startswith("tokens/") and method == "GET":
             entry = state.tokens.get(path[len("tokens/") :])
             if entry is None:
-                await respond_json(send, 404, {"detail": "no such token"})
+                await respond_json(send, 404, {"detail": "no such token"}, headers=ANY_ORIGIN)
             else:
-                await respond_json(send, 200, {"request": entry})
+                await respond_json(send, 200, {"request": entry}, headers=ANY_ORIGIN)
         else:
             await respond_json(send, 404, {"detail": "not found"})
 

@@ -198,10 +198,10 @@ export class TokenBroker extends EventTarget {
       });
     }
     container.appendChild(element);
-    this._emitToken(first.grant, false);
     const mounted = new Mounted(this, element, embed, tenant, controller);
     // A signed iframe URL cannot be swapped without reloading the frame: no refresh.
     if (described.tag) mounted.schedule(first);
+    this._emitToken(first.grant, false); // listeners see the handle's next refresh
     return mounted.handle;
   }
 
@@ -404,8 +404,8 @@ class Mounted {
     applyAttributes(this.element, described.attributes);
     this.token = entry.grant.token;
     this.element.setAttribute("token", entry.grant.token);
-    broker._emitToken(entry.grant, true);
     this.schedule(entry);
+    broker._emitToken(entry.grant, true);
   }
 
   stop() {
