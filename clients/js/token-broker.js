@@ -278,8 +278,9 @@ export class TokenBroker extends EventTarget {
   }
 
   async _send(method, path, body, signal, sessionRetry) {
-    const headers = { Accept: "application/json" };
-    if (body !== undefined) headers["Content-Type"] = "application/json";
+    // Content-Type on every call, GET included: with a session cookie the broker
+    // requires it (a cross-site form cannot send it without a preflight).
+    const headers = { Accept: "application/json", "Content-Type": "application/json" };
     if (this._getSessionToken) {
       const jwt = await this._getSessionToken({ retry: sessionRetry });
       if (typeof jwt !== "string" || jwt === "") {

@@ -311,6 +311,7 @@ describe("embeds()", () => {
     assert.equal(calls[0].url, "/analytics/v1/embeds?tenant=a%20c%2Fme");
     assert.equal(calls[0].init.method, "GET");
     assert.equal(calls[0].init.body, undefined);
+    assert.equal(calls[0].init.headers["Content-Type"], "application/json"); // cookie mode needs it
     assert.equal(calls[0].init.headers.Authorization, "Bearer jwt-1");
   });
 });
