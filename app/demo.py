@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from app.auth import mint_dev_token
 from app.config.loader import ConfigError, load_policy_file
@@ -165,7 +166,7 @@ def listen(port: int, flag: str, make_variable: str) -> socket.socket:
     return sock
 
 
-def demo_site(broker: Any, config_path: Path, sandbox_port: int) -> Any:
+def demo_site(broker: ASGIApp, config_path: Path, sandbox_port: int) -> DemoSite:
     """The broker with the demo page (app/demo_site) in front of it, on the broker's port."""
     config = load_policy_file(config_path)
     return DemoSite(

@@ -116,6 +116,7 @@ export type TokenBrokerErrorCode =
   | "method_not_allowed"
   // the client's own:
   | "network_error"
+  | "bad_response"
   | "script_load_failed"
   | "unsupported_element"
   | (string & {});

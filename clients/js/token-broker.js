@@ -282,7 +282,17 @@ export class TokenBroker extends EventTarget {
     // requires it (a cross-site form cannot send it without a preflight).
     const headers = { Accept: "application/json", "Content-Type": "application/json" };
     if (this._getSessionToken) {
-      const jwt = await this._getSessionToken({ retry: sessionRetry });
+      let jwt;
+      try {
+        jwt = await this._getSessionToken({ retry: sessionRetry });
+      } catch (error) {
+        throw new TokenBrokerError({
+          status: 401,
+          code: "unauthenticated",
+          detail: `getSessionToken() failed: ${error && error.message ? error.message : error}`,
+          cause: error,
+        });
+      }
       if (typeof jwt !== "string" || jwt === "") {
         throw new TokenBrokerError({
           status: 401,
@@ -307,8 +317,20 @@ export class TokenBroker extends EventTarget {
         cause: error,
       });
     }
-    if (response.ok) return response.json();
-    throw await errorFrom(response, this._clock.now());
+    if (!response.ok) throw await errorFrom(response, this._clock.now());
+    try {
+      return await response.json();
+    } catch (error) {
+      if (isAbort(error)) throw error;
+      // Typically an SPA fallback answering index.html: the proxy does not reach the broker.
+      throw new TokenBrokerError({
+        status: response.status,
+        code: "bad_response",
+        detail: `${joinUrl(this.baseUrl, path)} answered ${response.status} without JSON: is baseUrl the broker (or a proxy to it)?`,
+        requestId: response.headers ? response.headers.get("X-Request-ID") : null,
+        cause: error,
+      });
+    }
   }
 
   _emitToken(grant, refreshed) {

@@ -249,6 +249,36 @@ describe("retries", () => {
     assert.equal(calls.length, 0);
   });
 
+  it("a getSessionToken that throws is an unauthenticated TokenBrokerError", async () => {
+    const clock = new FakeClock();
+    const { fetch, calls } = fakeFetch(clock, () => json(200, grant()));
+    const broker = new TokenBroker({
+      fetch,
+      clock,
+      getSessionToken: async () => {
+        throw new Error("not logged in");
+      },
+    });
+    await assert.rejects(broker.token("x"), (e) => {
+      assert.ok(e instanceof TokenBrokerError);
+      assert.equal(e.code, "unauthenticated");
+      assert.match(e.detail, /not logged in/);
+      return true;
+    });
+    assert.equal(calls.length, 0);
+  });
+
+  it("a 200 that is not JSON (an SPA fallback page) says the proxy is wrong", async () => {
+    const { broker } = setup({
+      respond: () => new Response("<!doctype html><title>app</title>", { status: 200 }),
+    });
+    await assert.rejects(broker.token("x"), (e) => {
+      assert.equal(e.code, "bad_response");
+      assert.match(e.detail, /\/analytics\/v1\/tokens answered 200 without JSON/);
+      return true;
+    });
+  });
+
   it("a network failure is status 0 network_error (no retry inside the call)", async () => {
     const { broker, calls } = setup({
       respond: () => {

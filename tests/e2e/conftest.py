@@ -41,7 +41,9 @@ def chromium_or_skip() -> Path:
     pytest.skip(message)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running on the
+# main thread while it is started, which would break every later anyio test.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     executable = chromium_or_skip()
     from playwright.sync_api import sync_playwright
