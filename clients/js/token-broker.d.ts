@@ -10,7 +10,7 @@ export interface ElementHint {
   /** Attributes to set besides `token`, e.g. {"base-url": "..."} or {"dashboard-id": "..."}. */
   attributes?: Record<string, string>;
   /** URL of the vendor's web-component loader; mount() loads it once per document. */
-  script?: string;
+  script?: string | null;
   /** SDK-rendered vendors (Superset, Preset): the package and its options. */
   sdk?: string;
   options?: Record<string, unknown>;

@@ -20,7 +20,7 @@ def test_the_page_names_the_sandbox_and_has_a_strict_csp(demo: Demo) -> None:
     response = httpx.get(demo.page)
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/html; charset=utf-8"
-    assert f'src="{demo.sandbox}/_sandbox/components.js"' in response.text
+    assert f'href="{demo.sandbox}/_sandbox/requests"' in response.text
     assert "{{SANDBOX}}" not in response.text
     csp = response.headers["content-security-policy"]
     assert f"script-src 'self' {demo.sandbox};" in csp
@@ -64,6 +64,8 @@ def test_the_dev_session_works_for_both_tenants(demo: Demo) -> None:
             assert grant.status_code == 200, grant.text
             # short on purpose: a visitor sees a refresh within a minute
             assert grant.json()["expires_in"] <= 60
+            # the stand-in components come as element.script, loaded by the client
+            assert grant.json()["element"]["script"] == f"{demo.sandbox}/_sandbox/components.js"
 
 
 def test_other_paths_reach_the_broker(demo: Demo) -> None:
