@@ -12,11 +12,12 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import pytest
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, BrowserContext, Request
 
 CHROMIUM = Path(os.environ.get("BROWSER_TESTS_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -26,6 +27,8 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--no-first-run",
+    # Nothing but loopback resolves: a page or script that tries the internet fails.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
 ]
 
 
@@ -56,3 +59,22 @@ def browser() -> Iterator[Browser]:
             yield launched
         finally:
             launched.close()
+
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+
+
+def keep_on_loopback(context: BrowserContext) -> list[str]:
+    """The URLs of requests ``context`` tried to send beyond loopback (a test asserts
+    none). Observed, not intercepted: Playwright's interception answers CORS preflights
+    itself, which would hide the broker's own CORS decisions. The browser cannot reach
+    them anyway (``--host-resolver-rules`` in CHROMIUM_ARGS)."""
+    offsite: list[str] = []
+
+    def watch(request: Request) -> None:
+        parts = urlsplit(request.url)
+        if parts.scheme in ("http", "https") and parts.hostname not in LOOPBACK_HOSTS:
+            offsite.append(request.url)
+
+    context.on("request", watch)
+    return offsite

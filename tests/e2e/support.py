@@ -158,8 +158,12 @@ class Pages:
         await send({"type": "http.response.body", "body": body})
 
 
-def e2e_policy(page_origin: str) -> dict[str, Any]:
+def e2e_policy(page_origin: str, sandbox_url: str) -> dict[str, Any]:
     document = base_policy()
+    # element.script: the sandbox's stand-in components, never Embeddable's real
+    # loader (the browser must not reach past loopback).
+    for region in document["providers"]["embeddable"]["regions"].values():
+        region["script_url"] = f"{sandbox_url}/_sandbox/components.js"
     document["cors"] = {"allow_origins": [page_origin]}
     document["session"]["cookie"] = COOKIE_NAME
     embeds = document["embeds"]
@@ -208,7 +212,7 @@ def running_e2e_stack(directory: Path) -> Iterator[E2EStack]:
         }
         for key, value in env.items():
             patch.setenv(key, value)
-        path = write_policy(directory, e2e_policy(page_origin))
+        path = write_policy(directory, e2e_policy(page_origin, sandbox_url))
         recorder = Recorder(create_app(Settings(config=path)))
         with serve_in_thread(recorder) as broker_url:
             pages.broker_url = broker_url

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.e2e.conftest import keep_on_loopback
 from tests.support.demo import Demo, running_demo
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ def demo() -> Iterator[Demo]:
 @pytest.fixture
 def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    offsite = keep_on_loopback(context)
     page = context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda error: problems.append(str(error)))
@@ -43,6 +45,7 @@ def page(browser: Browser) -> Iterator[Page]:
     yield page
     context.close()
     assert problems == [], problems
+    assert offsite == [], f"requests beyond loopback: {offsite}"
 
 
 CARDS = """() => [...document.querySelectorAll('#embeds em-beddable, #embeds dbn-dashboard')]

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from tests.e2e.conftest import keep_on_loopback
 from tests.support.demo import Demo, running_demo
 from tests.support.servers import serve_in_thread
 
@@ -106,6 +107,7 @@ def test_the_readme_snippet_runs_as_written_behind_the_documented_proxy(
     page_html = readme_snippet().encode()
     with serve_in_thread(ProxiedApp(page_html, demo.broker)) as app_origin:
         context = browser.new_context()
+        offsite = keep_on_loopback(context)
         page = context.new_page()
         problems: list[str] = []
         page.on("pageerror", lambda error: problems.append(str(error)))
@@ -143,3 +145,4 @@ def test_the_readme_snippet_runs_as_written_behind_the_documented_proxy(
         finally:
             context.close()
     assert problems == [], problems
+    assert offsite == [], f"requests beyond loopback: {offsite}"
