@@ -60,7 +60,7 @@ def test_an_allowed_request_shows_decision_tenant_region_and_the_exact_request()
             "isEnableUnderlyingData": True,
             "isEnableDownloadMetrics": True,
         },
-        "expiryTime": 600_000,
+        "expiryTime": 60_000,
     }
     assert out.endswith("nothing was sent to the vendor.\n")
     assert "sandbox-databrain-dev-key" not in out + result.stderr

@@ -59,7 +59,7 @@ def _etag_matches(header: str, etag: str) -> bool:
 
 @router.get(
     "/v1/client.js",
-    operation_id="getBrowserClient",
+    operation_id="getClientScript",
     summary="The browser client as an ES module (no credentials)",
     response_class=Response,
     responses={

@@ -69,7 +69,7 @@ def test_needs_no_credentials_and_a_listed_origin_may_import_it(broker: str) -> 
 
 def test_is_in_the_openapi_document(broker: str) -> None:
     paths = httpx.get(f"{broker}/openapi.json").json()["paths"]
-    assert paths["/v1/client.js"]["get"]["operationId"] == "getBrowserClient"
+    assert paths["/v1/client.js"]["get"]["operationId"] == "getClientScript"
 
 
 def test_the_packaged_copy_wins_over_the_checkout(

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
+from app.api import tokens
+from app.api.openapi import build_document
 from app.errors import BrokerError
 from app.main import create_app
 from app.settings import Settings
-from tests.support.policies import BASE_ENV, base_policy, write_policy
 
 TYPES = Path(__file__).resolve().parents[2] / "clients" / "js" / "token-broker.d.ts"
 # d.ts interface -> OpenAPI component schema
@@ -39,12 +40,16 @@ def interfaces() -> dict[str, dict[str, bool]]:
 
 
 @pytest.fixture(scope="module")
-def schemas(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    path = write_policy(tmp_path_factory.mktemp("types"), base_policy())
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in BASE_ENV.items():
-            patch.setenv(key, value)
-        document = create_app(Settings(config=path)).openapi()
+def schemas() -> dict[str, Any]:
+    # The document the broker serves (app.api.openapi), not FastAPI's own: the token
+    # routes are served by TokenRouter and declared there.
+    app = create_app(Settings(config=Path("unused.yaml")))
+    document = build_document(
+        version="1.0.0",
+        framework_routes=app.routes,
+        token_routes=tokens.ROUTES,
+        cookie_name="app_session",
+    )
     components: dict[str, Any] = document["components"]["schemas"]
     return components
 
