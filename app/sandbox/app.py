@@ -24,6 +24,7 @@ import hashlib
 import hmac
 import logging
 import random
+import signal
 import time
 import uuid
 from collections import OrderedDict, deque
@@ -424,6 +425,11 @@ def run_sandbox(
 
     settings = settings if settings is not None else SandboxSettings()
     configure_logging(settings.log_level, settings.log_format)
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; with the default
+    # handler that kills the process before the log queue is drained (the last lines,
+    # "Application shutdown complete" among them, would be lost). A no-op handler makes
+    # it a normal exit, as `token-broker serve` does.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
     base = f"http://{host}:{port}"
     log.info(
         "sandbox.starting",
