@@ -191,6 +191,9 @@ def render_json(decision: Decision) -> dict[str, Any]:
 
 def run_explain(args: argparse.Namespace) -> int:
     """``token-broker explain`` (the arguments are defined in app.cli)."""
+    if not isinstance(args.user, str) or not args.user:
+        # argparse (3.11) drops a value of exactly "--" and hands over [] instead.
+        return _bad_input("--user needs a non-empty id ('--' itself cannot be given)")
     try:
         claims = parse_claims(args.claim or [])
     except UsageError as exc:

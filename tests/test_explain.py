@@ -171,6 +171,11 @@ def test_a_secret_templated_into_a_body_is_masked(tmp_path: Path) -> None:
             "token-broker explain: --service acts for the one --tenant given; --act-for does "
             "not apply",
         ),
+        (
+            # argparse turns a value of exactly "--" into []: refused, not explained as [].
+            ["--embed", "sales-overview", "--user=--"],
+            "token-broker explain: --user needs a non-empty id ('--' itself cannot be given)",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
