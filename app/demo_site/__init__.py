@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth import mint_dev_token
 from app.config.models import SessionConfig
+from app.sandbox.asgi import respond
 
 PREFIX = "/demo/"
 SESSION_PATH = "/demo/session"
@@ -134,16 +135,11 @@ async def _send(
     content_type: bytes,
     headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", content_type),
-                (b"content-length", str(len(body)).encode()),
-                (b"x-content-type-options", b"nosniff"),
-                *headers,
-            ],
-        }
+    """The sandbox's ``respond()``, with ``nosniff`` on every page the demo serves."""
+    await respond(
+        send,
+        status,
+        body,
+        content_type=content_type,
+        headers=[(b"x-content-type-options", b"nosniff"), *headers],
     )
-    await send({"type": "http.response.body", "body": body})
