@@ -302,25 +302,43 @@ class DryRun:
             )
         except VendorRequestCaptured as captured:
             call = caller.calls[-1]
-            return Decision(
-                outcome=ALLOWED,
-                status=200,
-                detail=None,
-                reason=None,
-                caller=who,
-                user=user,
-                embed=request.embed,
+            return self._allowed(
+                who,
+                user,
+                request.embed,
                 tenant=self.policy.resolve_tenant(user, requested),
                 region=call.region,
                 provider=call.provider,
-                provider_type=self.config.providers[call.provider].type,
                 ttl_seconds=call.ttl_seconds,
-                request=self._masked(captured.request),
+                sent=self._masked(captured.request),
             )
         except BrokerError as exc:
             return self._denied(request, user, service, requested, who, exc)
         # A provider that signs tokens itself answers without any vendor request; the
         # token it signed is dropped here, never shown.
+        return self._allowed(
+            who,
+            user,
+            request.embed,
+            tenant=grant.tenant,
+            region=grant.region,
+            provider=grant.rule.provider,
+            ttl_seconds=grant.rule.ttl_seconds,
+            sent=None,
+        )
+
+    def _allowed(
+        self,
+        who: str,
+        user: User,
+        embed: str,
+        *,
+        tenant: str,
+        region: str | None,
+        provider: str,
+        ttl_seconds: int,
+        sent: VendorRequest | None,
+    ) -> Decision:
         return Decision(
             outcome=ALLOWED,
             status=200,
@@ -328,13 +346,13 @@ class DryRun:
             reason=None,
             caller=who,
             user=user,
-            embed=request.embed,
-            tenant=grant.tenant,
-            region=grant.region,
-            provider=grant.rule.provider,
-            provider_type=grant.rule.provider_type,
-            ttl_seconds=grant.rule.ttl_seconds,
-            request=None,
+            embed=embed,
+            tenant=tenant,
+            region=region,
+            provider=provider,
+            provider_type=self.config.providers[provider].type,
+            ttl_seconds=ttl_seconds,
+            request=sent,
         )
 
     def _denied(
