@@ -53,6 +53,10 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 MAX_QUEUED_LINES: Final = 10_000
 """Lines waiting for stdout. At ~300 bytes each about 3 MB: a burst is absorbed, a
 stalled reader costs bounded memory."""
+MAX_BATCH_LINES: Final = 256
+"""Lines written with one system call at most."""
+GATHER_SECONDS: Final = 0.05
+"""How long the writer lets lines gather after the queue ran empty (see _GatheringListener)."""
 STOP_TIMEOUT_SECONDS: Final = 2.0
 """How long stopping waits for queued lines to be written; then they are given up."""
 
@@ -206,12 +210,13 @@ class AccessLogFields(logging.Filter):
 
 
 class _LineWriter:
-    """What the listener thread hands each record to: format it, write one line.
+    """What the listener thread hands each record to: format it, and write the lines it
+    has gathered in one go (:meth:`flush`).
 
     Not a ``logging.Handler`` on purpose: a handler's lock is taken by
     ``logging.shutdown()`` at exit, and a writer blocked on a stalled stdout holds it,
     which would hang the exit this module promises not to hang. With a file descriptor
-    the line goes straight to ``os.write`` (no Python-level lock either).
+    the lines go straight to ``os.write`` (no Python-level lock either).
     """
 
     level = logging.NOTSET  # QueueListener reads it when respecting handler levels
@@ -219,6 +224,7 @@ class _LineWriter:
     def __init__(self, formatter: logging.Formatter, stream: TextIO) -> None:
         self._formatter = formatter
         self._stream = stream
+        self._pending: list[str] = []
         try:
             self._fd: int | None = stream.fileno()
             stream.flush()
@@ -227,21 +233,53 @@ class _LineWriter:
 
     def handle(self, record: logging.LogRecord) -> None:
         try:
-            line = self._formatter.format(record) + "\n"
+            self._pending.append(self._formatter.format(record) + "\n")
         except Exception:  # as logging does: one bad record must not end logging
             traceback.print_exc(file=sys.stderr)
             dropped_lines.add()
+        if len(self._pending) >= MAX_BATCH_LINES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
             return
+        text = "".join(self._pending)
+        lines = len(self._pending)
+        self._pending.clear()
         try:
             if self._fd is None:
-                self._stream.write(line)
+                self._stream.write(text)
                 self._stream.flush()
                 return
-            data = memoryview(line.encode("utf-8", "backslashreplace"))
+            data = memoryview(text.encode("utf-8", "backslashreplace"))
             while data:
                 data = data[os.write(self._fd, data) :]
-        except OSError:  # a closed pipe: the line is lost, the service goes on
-            dropped_lines.add()
+        except OSError:  # a closed pipe: the lines are lost, the service goes on
+            dropped_lines.add(lines)
+
+
+class _GatheringListener(logging.handlers.QueueListener):
+    """A ``QueueListener`` that writes what it has taken once the queue runs empty, then
+    lets the next lines gather for :data:`GATHER_SECONDS` before it waits again.
+
+    Waking the thread for every line takes the GIL from the event loop at every wake-up;
+    in ``make bench`` S1 (two lines per request) the per-line listener cost about a third
+    of the cache-hit throughput. A line reaches stdout at most ~50 ms after it is logged.
+    """
+
+    def __init__(self, lines: queue.Queue[Any], writer: _LineWriter) -> None:
+        super().__init__(lines, writer)  # type: ignore[arg-type]
+        self._lines = lines
+        self._writer = writer
+
+    def dequeue(self, block: bool) -> Any:
+        if self._lines.empty():
+            self._writer.flush()
+            time.sleep(GATHER_SECONDS)
+        record = self._lines.get(block)
+        if record is self._sentinel:  # type: ignore[attr-defined]
+            self._writer.flush()
+        return record
 
 
 class DroppedLines:
@@ -304,7 +342,7 @@ class BoundedQueueHandler(logging.handlers.QueueHandler):
         super().__init__(self.lines)
         dropped_lines.add(0)  # the series exists from start-up
         writer = _LineWriter(FORMATTERS[log_format](), stream if stream is not None else sys.stdout)
-        self.listener = logging.handlers.QueueListener(self.lines, writer)  # type: ignore[arg-type]
+        self.listener = _GatheringListener(self.lines, writer)
         self.listener.start()
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
