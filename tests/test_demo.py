@@ -8,12 +8,12 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.eventually import eventually
 from tests.support.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,11 +41,12 @@ def test_demo_prints_working_curl_commands(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while "Stop with Ctrl-C." not in log.read_text():
+
+        def printed_its_commands() -> bool:
             assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+            return "Stop with Ctrl-C." in log.read_text()
+
+        eventually(printed_its_commands, timeout=30, what="the demo's commands")
         assert f"http://127.0.0.1:{broker_port}/demo/" in log.read_text()  # the demo page
         commands = [line for line in log.read_text().splitlines() if line.startswith("curl ")]
         assert len(commands) == 4
@@ -79,11 +80,11 @@ def test_demo_prints_working_curl_commands(tmp_path: Path) -> None:
 
 
 def _read_until(log: Path, process: subprocess.Popen[bytes], needle: str, count: int = 1) -> str:
-    deadline = time.monotonic() + 30
-    while log.read_text().count(needle) < count:
+    def printed() -> bool:
         assert process.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
+        return log.read_text().count(needle) >= count
+
+    eventually(printed, timeout=30, what=f"{count} x {needle!r} in the demo's output")
     return log.read_text()
 
 

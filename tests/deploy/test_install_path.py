@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from tests.deploy.support import (
     parse_dockerfile,
     read_env_file,
 )
+from tests.support.eventually import eventually
 from tests.support.redis import start_private_redis
 from tests.support.servers import LOOPBACK, free_port
 
@@ -169,16 +169,16 @@ def service(
 
 
 def wait_for_200(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline and process.poll() is None:
+    def answered() -> bool:
+        if process.poll() is not None:
+            logs = log.read_text(errors="replace")
+            pytest.fail(f"{url}: the process exited with {process.poll()}:\n{logs}")
         try:
-            if get(url)[0] == 200:
-                return
+            return get(url)[0] == 200
         except OSError:
-            pass  # not listening yet
-        time.sleep(0.2)
-    logs = log.read_text(errors="replace")
-    pytest.fail(f"{url} never answered 200 (exit code {process.poll()}):\n{logs}")
+            return False  # not listening yet
+
+    eventually(answered, timeout=READY_TIMEOUT_SECONDS, what=f"{url} answers 200")
 
 
 def assert_no_secret_in(log: Path) -> None:

@@ -22,6 +22,7 @@ import httpx
 import orjson
 
 from app.sandbox import create_sandbox_app
+from tests.support.eventually import eventually
 from tests.support.policies import BASE_ENV
 from tests.support.servers import LOOPBACK, free_port, serve_in_thread
 from tests.support.stack import bearer, sandbox_settings, session_token
@@ -144,20 +145,19 @@ def broker_processes(
 
 
 def _wait_until_serving(broker: BrokerProcess) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     with httpx.Client(timeout=2) as client:
-        while True:
+
+        def serving() -> bool:
             if broker.process.poll() is not None:
                 raise RuntimeError(
                     f"broker {broker.name} exited with {broker.process.returncode}:\n"
                     + broker.log_tail()
                 )
             with contextlib.suppress(httpx.TransportError):
-                if client.get(f"{broker.url}/healthz").status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"broker {broker.name} did not start:\n{broker.log_tail()}")
-            time.sleep(0.05)
+                return client.get(f"{broker.url}/healthz").status_code == 200
+            return False
+
+        eventually(serving, timeout=STARTUP_TIMEOUT_SECONDS, what=f"broker {broker.name} serves")
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -16,6 +15,7 @@ from app.sandbox.settings import (
     DEV_EMBEDDABLE_EU_API_KEY,
     DEV_EMBEDDABLE_US_API_KEY,
 )
+from tests.support.eventually import eventually
 from tests.support.servers import LOOPBACK, free_port
 
 
@@ -71,15 +71,16 @@ def test_run_sandbox_serves_until_stopped() -> None:
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def answered() -> httpx.Response | None:
             try:
-                response = httpx.get(f"http://{LOOPBACK}:{port}/healthz", timeout=1)
-                break
+                return httpx.get(f"http://{LOOPBACK}:{port}/healthz", timeout=1)
             except httpx.TransportError:
                 assert process.poll() is None, process.stdout.read() if process.stdout else ""
-                assert time.monotonic() < deadline, "sandbox did not start"
-                time.sleep(0.05)
+                return None
+
+        response = eventually(answered, timeout=20, what="the sandbox answers")
+        assert response is not None
         assert response.json() == {"status": "ok"}
         token = httpx.post(
             f"http://{LOOPBACK}:{port}/databrain/api/v2/guest-token/create",

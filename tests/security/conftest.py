@@ -8,7 +8,6 @@ the whole catalogue.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ import pytest
 from tests.auth.conftest import LoopbackServer
 from tests.auth.keys import HS_SECRET as OTHER_HS_SECRET
 from tests.auth.keys import ec_key, jwks_document, rsa_key
+from tests.support.eventually import eventually
 from tests.support.policies import AUDIENCE, HS_ISSUER, base_policy
 from tests.support.servers import serve_in_thread
 from tests.support.stack import Stack, running_stack
@@ -102,14 +102,11 @@ class SecurityStack:
 
 def wait_until_ready(client: httpx.Client, broker: str) -> None:
     """Every JWKS issuer has keys: the catalogue must not race the first fetch."""
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while True:
-        response = client.get(f"{broker}/readyz")
-        if response.status_code == 200:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the broker did not become ready: {response.text}")
-        time.sleep(0.02)
+    eventually(
+        lambda: client.get(f"{broker}/readyz").status_code == 200,
+        timeout=READY_TIMEOUT_SECONDS,
+        what="every JWKS issuer has keys (/readyz)",
+    )
 
 
 @pytest.fixture(scope="module")

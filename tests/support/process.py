@@ -7,13 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
+from tests.support.eventually import eventually
 from tests.support.servers import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,17 +48,16 @@ def wait_ready(
     timeout: float = 60,
     ready_path: str = "/readyz",
 ) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(
                 f"broker exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
             )
         with contextlib.suppress(httpx.TransportError):
-            if httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"broker not ready in {timeout} s:\n{log_path.read_text()[-3000:]}")
+            return httpx.get(f"{url}{ready_path}", timeout=1).status_code == 200
+        return False
+
+    eventually(ready, timeout=timeout, what=f"{url}{ready_path} answers 200")
 
 
 @contextlib.contextmanager
