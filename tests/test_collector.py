@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import weakref
 
 import pytest
 
 from app.collector import NEVER, ServingCollector
+from tests.support.eventually import eventually_async
 
 pytestmark = pytest.mark.anyio
 
@@ -47,11 +47,7 @@ async def test_while_serving_only_the_scheduled_full_collection_frees_old_cycles
 async def test_the_background_task_runs_full_collections() -> None:
     async with ServingCollector(0.05):
         dropped = cycle_in_the_oldest_generation()
-        for _ in range(100):
-            if dropped() is None:
-                break
-            await asyncio.sleep(0.02)
-        assert dropped() is None
+        await eventually_async(lambda: dropped() is None, what="a full collection")
 
 
 async def test_nested_apps_share_the_policy_until_the_last_one_ends() -> None:

@@ -23,6 +23,7 @@ from tests.auth.conftest import (
     standard_config,
 )
 from tests.auth.keys import compact, ec_key, jwks_document, rsa_key, session_claims, sign_token
+from tests.support.eventually import eventually_async
 from tests.support.servers import free_port, serve_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -195,13 +196,15 @@ async def test_background_refresher_retries_until_keys_arrive(
             store,
         )
         await verifier.start()
-        while loopback_server.hits(rs_path) + loopback_server.hits(es_path) < 2:
-            await asyncio.sleep(0.01)
+        await eventually_async(
+            lambda: loopback_server.hits(rs_path) + loopback_server.hits(es_path) >= 2,
+            what="the first fetch of both key sets",
+        )
         loopback_server.publish(rs_path, jwks_document(rsa_key("rs-1")))
         loopback_server.publish(es_path, jwks_document(ec_key("es-256")))
-        async with asyncio.timeout(10):  # TimeoutError fails the test
-            while verifier.not_ready():
-                await asyncio.sleep(0.02)
+        await eventually_async(
+            lambda: not verifier.not_ready(), timeout=10, what="the retry to load the keys"
+        )
     finally:
         await store.aclose()
     assert (loopback_server.hits(rs_path), loopback_server.hits(es_path)) == (2, 2)

@@ -15,7 +15,6 @@ import gc
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pytest
 
 from app.main import create_app
 from app.settings import Settings
+from tests.support.eventually import eventually, eventually_async
 from tests.support.policies import BASE_ENV, base_policy, write_policy
 from tests.support.servers import LOOPBACK, free_port
 from tests.support.stack import session_token
@@ -54,16 +54,16 @@ def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         )
     url = f"http://{LOOPBACK}:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
+
+        def healthy() -> bool:
+            if process.poll() is not None:
                 raise RuntimeError(f"sandbox did not start:\n{log.read_text()}")
-            time.sleep(0.05)
+            try:
+                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        eventually(healthy, timeout=30, what="the sandbox's /healthz")
         yield url
     finally:
         process.terminate()
@@ -90,8 +90,7 @@ class InProcessApp:
         scope = {"type": "lifespan", "asgi": {"version": "3.0"}, "state": self.state}
         self._task = asyncio.create_task(self.app(scope, receive, send))
         await self._lifespan.put({"type": "lifespan.startup"})
-        while not self._lifespan_sent:
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: self._lifespan_sent, what="the lifespan's answer")
         assert self._lifespan_sent[0]["type"] == "lifespan.startup.complete", self._lifespan_sent
         return self
 

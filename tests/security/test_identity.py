@@ -18,6 +18,7 @@ import pytest
 from jose import jwt
 
 from tests.integration.brokers import Sandbox, broker_environment, running_sandbox
+from tests.support.eventually import eventually
 from tests.support.policies import AUDIENCE, HS_ISSUER, HS_SECRET, base_policy, write_policy
 from tests.support.process import BrokerProcess, broker_process
 from tests.support.stack import bearer
@@ -75,8 +76,7 @@ def ask(broker: BrokerProcess, token: str, embed: str = "sales-overview") -> htt
 
 
 def audit_events(broker: BrokerProcess, user: str, count: int) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + 30
-    while True:  # the log writer flushes in batches: wait for the lines, not a time
+    def logged() -> list[dict[str, Any]]:
         events = [
             event
             for line in broker.log_path.read_bytes().splitlines()
@@ -84,9 +84,10 @@ def audit_events(broker: BrokerProcess, user: str, count: int) -> list[dict[str,
             for event in [orjson.loads(line)]
             if event.get("event") == "token.issued" and event.get("user_id") == user
         ]
-        if len(events) >= count or time.monotonic() > deadline:
-            return events
-        time.sleep(0.05)
+        return events if len(events) >= count else []
+
+    # The log is written by a background listener: wait for the lines, not for a time.
+    return eventually(logged, timeout=30, what=f"{count} token.issued events for {user}")
 
 
 def test_same_sub_at_two_issuers_never_shares_a_cached_token(

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from tests.integration.brokers import broker_environment
+from tests.support.eventually import eventually
 from tests.support.policies import BASE_ENV, base_policy, write_policy
 from tests.support.process import BrokerProcess, broker_process
 from tests.support.rogue import RogueRequest, RogueServer, http_response, rogue_server
@@ -127,10 +128,8 @@ def test_calls_hung_in_one_region_do_not_hold_another_regions_slots(
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             hung = [pool.submit(ask, broker, f"hung-{i}", "globex") for i in range(4)]
-            deadline = time.monotonic() + 60
-            while rogue.hanging < 2:  # us is full: two held, two waiting for a slot
-                assert time.monotonic() < deadline, "the hung calls never reached the vendor"
-                time.sleep(0.01)
+            # us is full: two held, two waiting for a slot
+            eventually(lambda: rogue.hanging >= 2, timeout=60, what="two hung vendor calls")
             served = ask(broker, f"healthy-{time.monotonic_ns()}")
             held_while_served = rogue.hanging
             HANG_US["on"] = False

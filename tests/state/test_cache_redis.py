@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -12,6 +11,7 @@ import redis.asyncio
 from app.observability.metrics import Metrics
 from app.state.cache import CachedToken, MemoryTokenCache, RedisTokenCache, token_cache_key
 from app.state.redis import RedisHealth
+from tests.support.eventually import eventually_async
 from tests.support.redis import RedisServer
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -29,15 +29,6 @@ def fresh_token(lifetime: float = 600) -> CachedToken:
 
 def make_cache(health: RedisHealth, secret: str = SECRET) -> RedisTokenCache:
     return RedisTokenCache(health, encryption_secret=secret, local=MemoryTokenCache(100))
-
-
-async def wait_until(condition: object, what: str, timeout: float = 10.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -182,7 +173,9 @@ async def test_outage_falls_back_in_process_and_recovers(private_redis: RedisSer
         assert health.status != "ok"
 
         private_redis.start()  # same port, empty
-        await wait_until(lambda: health.available and other.available, "the probes to recover")
+        await eventually_async(
+            lambda: health.available and other.available, timeout=10, what="the probes to recover"
+        )
         assert metrics.registry.get_sample_value("token_broker_redis_available") == 1
         assert health.status == "ok"
         await cache.put(after, fresh_token())

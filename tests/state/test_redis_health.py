@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 
 import pytest
 
 from app.observability.metrics import Metrics
 from app.state.redis import STATUS_OK, RedisHealth
+from tests.support.eventually import eventually_async
 from tests.support.redis import RedisServer
 from tests.support.servers import free_port
 
@@ -71,10 +70,7 @@ async def test_unreachable_at_start_then_recovers_by_itself(
         assert not health.available
         assert metrics.registry.get_sample_value("token_broker_redis_available") == 0
         private_redis.start()
-        deadline = time.monotonic() + 10
-        while not health.available:
-            assert time.monotonic() < deadline, "probe did not reconnect"
-            await asyncio.sleep(0.02)
+        await eventually_async(lambda: health.available, timeout=10, what="the probe to reconnect")
         assert metrics.registry.get_sample_value("token_broker_redis_available") == 1
         assert any(r.getMessage() == "redis.recovered" for r in caplog.records)
         assert await health.client.ping()
