@@ -71,11 +71,13 @@ class CapturingTransport(httpx.AsyncBaseTransport):
 
 @dataclass(frozen=True, slots=True)
 class VendorCall:
-    """Which account a flow asked the vendor caller for (provider name, region, TTL)."""
+    """Which account a flow asked the vendor caller for (provider name, region, TTL),
+    and with which body (what a signer signs: it never reaches the transport)."""
 
     provider: str
     region: str | None
     ttl_seconds: int
+    body: Mapping[str, Any] | None = None
 
 
 class _NotingCaller(VendorCaller):
@@ -92,7 +94,7 @@ class _NotingCaller(VendorCaller):
         ttl_seconds: int,
         region: str | None,
     ) -> IssuedToken:
-        self.calls.append(VendorCall(provider.name, region, ttl_seconds))
+        self.calls.append(VendorCall(provider.name, region, ttl_seconds, body))
         return await super().issue(provider, body, ttl_seconds, region)
 
 
@@ -172,6 +174,9 @@ class Decision:
     provider_type: str | None
     ttl_seconds: int | None
     request: VendorRequest | None
+    signed: Mapping[str, Any] | None = None
+    """What a signer provider (Metabase) signs, without the broker's expiry: the token's
+    payload, where such a provider sends no request."""
 
     @property
     def allowed(self) -> bool:
@@ -315,7 +320,8 @@ class DryRun:
         except BrokerError as exc:
             return self._denied(request, user, service, requested, who, exc)
         # A provider that signs tokens itself answers without any vendor request; the
-        # token it signed is dropped here, never shown.
+        # token it signed is dropped here, never shown, but what it signed is kept.
+        signed = caller.calls[-1].body if caller.calls else None
         return self._allowed(
             who,
             user,
@@ -325,6 +331,7 @@ class DryRun:
             provider=grant.rule.provider,
             ttl_seconds=grant.rule.ttl_seconds,
             sent=None,
+            signed=signed,
         )
 
     def _allowed(
@@ -338,6 +345,7 @@ class DryRun:
         provider: str,
         ttl_seconds: int,
         sent: VendorRequest | None,
+        signed: Mapping[str, Any] | None = None,
     ) -> Decision:
         return Decision(
             outcome=ALLOWED,
@@ -353,6 +361,7 @@ class DryRun:
             provider_type=self.config.providers[provider].type,
             ttl_seconds=ttl_seconds,
             request=sent,
+            signed=signed,
         )
 
     def _denied(

@@ -136,6 +136,11 @@ def render_text(decision: Decision) -> str:
     if decision.allowed and request is None:
         lines.append("")
         lines.append("no vendor request: this provider signs the token itself")
+        if decision.signed is not None:
+            lines.append("signed payload (the broker adds exp):")
+            lines.append(
+                orjson.dumps(dict(decision.signed), option=orjson.OPT_INDENT_2).decode("utf-8")
+            )
     if request is not None:
         lines.append("")
         lines.append(f"vendor request (not sent): {request.method} {request.url}")
@@ -182,6 +187,7 @@ def render_json(decision: Decision) -> dict[str, Any]:
             "body_sha256": request.content_sha256,
             "body_masked": request.content_masked,
         },
+        "signed": None if decision.signed is None else dict(decision.signed),
         "sent": False,
     }
 

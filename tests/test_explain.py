@@ -12,12 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.deploy.support import read_env_file
+from tests.deploy.support import example_env
 from tests.support.cli import ROOT, run_cli
 from tests.support.policies import BASE_ENV, base_policy, write_policy
 
 DEMO = "config/demo.yaml"
-EXAMPLE_ENV = read_env_file(ROOT / ".env.example")
+EXAMPLE_ENV = example_env(ROOT / ".env.example")
 
 
 def body_line(stdout: str) -> bytes:

@@ -23,7 +23,7 @@ from app.policy_tests import (
     first_difference,
     read_case_file,
 )
-from tests.deploy.support import read_env_file
+from tests.deploy.support import example_env
 from tests.support.cli import ROOT, run_cli
 
 CONFIG = ROOT / "config"
@@ -31,7 +31,7 @@ DEMO = CONFIG / "demo.yaml"
 DEMO_CASES = CONFIG / "demo.cases.yaml"
 EXAMPLE = CONFIG / "broker.example.yaml"
 EXAMPLE_CASES = CONFIG / "broker.example.cases.yaml"
-EXAMPLE_ENV = read_env_file(ROOT / ".env.example")
+EXAMPLE_ENV = example_env(ROOT / ".env.example")
 DENIAL_KINDS = frozenset(
     {"embed_not_allowed", "tenant_not_allowed", "missing_claim", "invalid_request"}
 )

@@ -33,15 +33,45 @@ class InternalTokenRequest(StrictBody):
 
 
 class ElementOut(BaseModel):
-    """What the front end renders, with which attributes besides the token."""
+    """What the front end renders besides the token: a custom element (``tag``,
+    ``attributes``, ``script``), an SDK (``sdk``, ``options``: Superset, Preset) or a
+    signed URL (``iframe``: Metabase). Exactly one kind is present."""
 
-    tag: str = Field(examples=["em-beddable"], description="the vendor's custom element")
-    attributes: dict[str, str] = Field(examples=[{"base-url": "https://api.eu.embeddable.com/"}])
+    tag: str | None = Field(
+        default=None,
+        examples=["em-beddable"],
+        description="the vendor's custom element; absent for SDK and iframe vendors",
+    )
+    attributes: dict[str, str] | None = Field(
+        default=None,
+        examples=[{"base-url": "https://api.eu.embeddable.com/"}],
+        description="the custom element's attributes besides token",
+    )
     script: str | None = Field(
         default=None,
         description="URL of the vendor's loader script that defines the element for this "
         "region; absent when the provider has none (load the vendor's npm package instead)",
         examples=["https://embed.embeddable.com/js/v1/?region=EU"],
+    )
+    sdk: str | None = Field(
+        default=None,
+        examples=["@superset-ui/embedded-sdk"],
+        description="the npm package that renders the embed (Superset, Preset)",
+    )
+    options: dict[str, str] | None = Field(
+        default=None,
+        examples=[
+            {
+                "id": "4e5f0c2a-0000-4000-8000-000000000001",
+                "supersetDomain": "https://bi.example.com",
+            }
+        ],
+        description="what to pass the SDK besides the token fetcher",
+    )
+    iframe: str | None = Field(
+        default=None,
+        examples=["https://metabase.example.com/embed/dashboard/eyJ...#bordered=true&titled=true"],
+        description="the signed URL to load in an iframe (Metabase); it contains the token",
     )
 
 

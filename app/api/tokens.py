@@ -25,7 +25,6 @@ from app.errors import AuthenticationError, InvalidRequest, InvalidServiceKey, O
 from app.issuance import Grant, rate_limit_headers
 from app.observability.audit import session_rejected
 from app.policy import ServiceUser
-from app.providers.base import Element
 from app.runtime import ActivePolicy, Runtime
 
 
@@ -60,13 +59,6 @@ def _rfc3339(whole_seconds: int) -> str:
     return dt.datetime.fromtimestamp(whole_seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _element(element: Element) -> dict[str, Any]:
-    described: dict[str, Any] = {"tag": element.tag, "attributes": dict(element.attributes)}
-    if element.script is not None:
-        described["script"] = element.script
-    return described
-
-
 def _token_response(grant: Grant) -> Response:
     expires_in = max(0, math.floor(grant.expires_at - time.time()))
     body = {
@@ -76,7 +68,7 @@ def _token_response(grant: Grant) -> Response:
         "tenant": grant.tenant,
         "expires_at": _rfc3339(int(grant.expires_at)),
         "expires_in": expires_in,
-        "element": _element(grant.element),
+        "element": grant.element.describe(grant.token),
     }
     return JsonResponse(body, rate_limit_headers(grant.rate))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Protocol
 
@@ -15,7 +15,7 @@ from app.providers.http import CallContext, VendorEndpoint
 
 # Fields that carry the token's lifetime. The broker owns them (from token_ttl_seconds);
 # a policy file that writes one in a request is rejected at load.
-BROKER_OWNED_FIELDS = frozenset({"expiryInSeconds", "expiryTime"})
+BROKER_OWNED_FIELDS = frozenset({"expiryInSeconds", "expiryTime", "exp"})
 
 
 class StrictModel(BaseModel):
@@ -102,20 +102,40 @@ class IssuedToken:
 
     token: str = field(repr=False)
     expires_at: float
-    vendor_status: int = 200
+    vendor_status: int | None = 200
+    """The vendor's HTTP status; None for a signer, which calls no vendor."""
 
 
 @dataclass(frozen=True, slots=True)
 class Element:
-    """The web component the front end renders, and its attributes besides ``token``.
+    """What the front end renders with a token: one of three kinds (api.md ``element``).
 
-    ``script`` is the URL of the vendor's loader that defines the component, when the
-    provider knows one (the front end may also bundle the vendor's npm package instead).
+    - a custom element: ``tag`` and its ``attributes`` besides ``token``; ``script`` is
+      the URL of the vendor's loader that defines it, when the provider knows one (the
+      front end may also bundle the vendor's npm package instead);
+    - an SDK (Superset, Preset): ``sdk`` names the package, ``options`` what to pass it
+      besides the token fetcher (the embedded dashboard id, the Superset domain);
+    - a signed URL (Metabase): ``iframe`` builds the URL to load from the token, which
+      is part of it (and names the resource the URL's path needs).
     """
 
-    tag: str
-    attributes: Mapping[str, str]
+    tag: str | None = None
+    attributes: Mapping[str, str] = field(default_factory=dict)
     script: str | None = None
+    sdk: str | None = None
+    options: Mapping[str, str] = field(default_factory=dict)
+    iframe: Callable[[str], str] | None = None
+
+    def describe(self, token: str) -> dict[str, Any]:
+        """The response's ``element`` object for ``token``."""
+        if self.iframe is not None:
+            return {"iframe": self.iframe(token)}
+        if self.sdk is not None:
+            return {"sdk": self.sdk, "options": dict(self.options)}
+        described: dict[str, Any] = {"tag": self.tag, "attributes": dict(self.attributes)}
+        if self.script is not None:
+            described["script"] = self.script
+        return described
 
 
 class EmbedElementConfig(StrictModel):

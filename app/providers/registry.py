@@ -10,15 +10,19 @@ from pydantic import Field
 from app.providers.base import BaseProvider
 from app.providers.databrain import DatabrainConfig, DatabrainProvider
 from app.providers.embeddable import EmbeddableConfig, EmbeddableProvider
+from app.providers.metabase import MetabaseConfig, MetabaseProvider
 
 PROVIDER_TYPES: Mapping[str, type[BaseProvider]] = {
     EmbeddableProvider.type_name: EmbeddableProvider,
     DatabrainProvider.type_name: DatabrainProvider,
+    MetabaseProvider.type_name: MetabaseProvider,
 }
 
 # The policy file's providers.<name> block: pydantic picks the model by `type` and
 # reports an unknown type with the list of known ones.
-ProviderConfig = Annotated[EmbeddableConfig | DatabrainConfig, Field(discriminator="type")]
+ProviderConfig = Annotated[
+    EmbeddableConfig | DatabrainConfig | MetabaseConfig, Field(discriminator="type")
+]
 
 
 def provider_class(type_name: str) -> type[BaseProvider]:

@@ -86,6 +86,16 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+EXAMPLE_ONLY_ENV = {"METABASE_EMBEDDING_SECRET": "0" * 64}
+"""Variables config/broker.example.yaml needs beyond .env.example (which holds exactly
+what the compose stack uses): Metabase's secret is 64 hex characters, placeholder zeros."""
+
+
+def example_env(path: Path) -> dict[str, str]:
+    """What config/broker.example.yaml is run with: .env.example plus EXAMPLE_ONLY_ENV."""
+    return {**read_env_file(path), **EXAMPLE_ONLY_ENV}
+
+
 def load_yaml(path: Path) -> Any:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 

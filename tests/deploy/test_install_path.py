@@ -31,6 +31,7 @@ from tests.deploy.support import (
     DOCKERFILE,
     ENV_EXAMPLE,
     REPO_ROOT,
+    example_env,
     interpolate,
     load_yaml,
     parse_dockerfile,
@@ -204,7 +205,7 @@ def test_no_dependency_is_missing_after_no_deps_installs(installed: Path, tmp_pa
 
 
 def test_check_config_accepts_the_example(installed: Path, tmp_path: Path) -> None:
-    env = clean_env(read_env_file(ENV_EXAMPLE))
+    env = clean_env(example_env(ENV_EXAMPLE))
     output = run(
         [str(installed / "token-broker"), "check-config", str(EXAMPLE_CONFIG)], tmp_path, env
     )

@@ -127,6 +127,8 @@ BASE_ENV: dict[str, str] = {
     "EMBEDDABLE_US_API_KEY": "canary-embeddable-us-key-7f1d",
     "EMBEDDABLE_EU_API_KEY": "canary-embeddable-eu-key-2c9a",
     "DATABRAIN_API_KEY": "canary-databrain-key-5b3e",
+    # Metabase's embedding secret must be 64 hex characters: a canary in hex.
+    "METABASE_EMBEDDING_SECRET": "ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a125e3b",
 }
 
 
