@@ -4,6 +4,10 @@ One ASGI app serves, on one port (upstreams.md "The sandbox"):
 
 - ``POST /embeddable/{region}/api/v1/security-token`` (regions ``us`` and ``eu``)
 - ``POST /databrain/api/v2/guest-token/create``
+- Superset's ``/superset/api/v1/security/{login,csrf_token/,guest_token/}`` and Preset's
+  ``/preset/v1/auth/`` and ``/preset/v1/teams/{team}/workspaces/{ws}/guest-token/``
+  (see superset.py)
+- ``DELETE /_sandbox/sessions``: revoke every Superset/Preset access token issued so far
 - ``GET|DELETE /_sandbox/requests[?vendor=&region=]``: what each vendor received
 - ``GET|POST|DELETE /_sandbox/faults[?vendor=]``: fault injection (see faults.py)
 - ``GET /_sandbox/tokens/{token}``: the request a token was issued for (any origin may read it)
@@ -63,6 +67,14 @@ from app.sandbox.schemas import (
     validate_embeddable,
 )
 from app.sandbox.settings import DEFAULT_HOST, DEFAULT_PORT, SandboxSettings
+from app.sandbox.superset import (
+    CSRF_PATH,
+    GUEST_TOKEN_PATH,
+    LOGIN_PATH,
+    PRESET_AUTH_PATH,
+    PRESET_GUEST_TOKEN_RE,
+    SupersetEmulator,
+)
 
 log = logging.getLogger("token_broker.sandbox")
 
@@ -72,6 +84,7 @@ DATABRAIN_PATH = "/databrain/api/v2/guest-token/create"
 CONTROL_PREFIX = "/_sandbox/"
 MASKED = "***"
 MALFORMED_200_BODY = b'{"token": "'
+_BODY_SECRETS = frozenset({"password", "secret"})
 _JWT_HEADER = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=")
 
 _DATABRAIN_CODES: Mapping[int, str] = {
@@ -107,6 +120,8 @@ def databrain_error(code: str, message: str) -> bytes:
 def vendor_error(vendor: Vendor, status: int, message: str, code: str | None = None) -> bytes:
     if vendor == "embeddable":
         return embeddable_error(message)
+    if vendor in ("superset", "preset"):
+        return orjson.dumps({"message": message})
     default = _DATABRAIN_CODES.get(status, "INTERNAL_SERVER_ERROR" if status >= 500 else "ERROR")
     return databrain_error(code or default, message)
 
@@ -139,6 +154,7 @@ class SandboxState:
             for region, key in settings.embeddable_api_keys().items()
         }
         self.databrain_key = settings.databrain_api_key.get_secret_value().encode()
+        self.superset = SupersetEmulator(settings, self.token_key)
 
     def record(
         self, scope: Scope, vendor: Vendor, region: str | None, raw: bytes
@@ -155,6 +171,9 @@ class SandboxState:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body_error = "empty body" if not raw else "body is not JSON"
+        if isinstance(body, dict):
+            # Superset's password and Preset's API secret travel in the body.
+            body = {k: MASKED if k in _BODY_SECRETS else v for k, v in body.items()}
         entry: dict[str, Any] = {
             "id": self._sequence,
             "vendor": vendor,
@@ -230,6 +249,10 @@ class SandboxApp:
                 await self._vendor(scope, receive, send, "embeddable", region)
             else:
                 await respond(send, 404, embeddable_error(f"unknown region {region[:32]!r}"))
+        elif path in (LOGIN_PATH, CSRF_PATH, GUEST_TOKEN_PATH):
+            await self._vendor(scope, receive, send, "superset", None)
+        elif path == PRESET_AUTH_PATH or PRESET_GUEST_TOKEN_RE.match(path):
+            await self._vendor(scope, receive, send, "preset", None)
         elif path == COMPONENTS_PATH and scope["method"] in ("GET", "HEAD"):
             await serve_components(send)
         elif path.startswith(CONTROL_PREFIX):
@@ -245,9 +268,10 @@ class SandboxApp:
         self, scope: Scope, receive: Receive, send: Send, vendor: Vendor, region: str | None
     ) -> None:
         arrived = time.monotonic()
-        if scope["method"] != "POST":
-            body = vendor_error(vendor, 405, "only POST is supported")
-            await respond(send, 405, body, headers=[(b"allow", b"POST")])
+        method = "GET" if route_path(scope) == CSRF_PATH else "POST"
+        if scope["method"] != method:
+            body = vendor_error(vendor, 405, f"only {method} is supported")
+            await respond(send, 405, body, headers=[(b"allow", method.encode())])
             return
         try:
             raw = await read_body(receive, scope, self.state.settings.max_body_bytes)
@@ -260,10 +284,15 @@ class SandboxApp:
         rule = self.state.faults.take(vendor, region)
         if rule is not None and await self._inject(rule, entry, receive, send, arrived):
             return
-        handle = self._embeddable if vendor == "embeddable" else self._databrain
-        status, body = handle(scope, entry)
+        headers: list[tuple[bytes, bytes]] = []
+        if vendor == "embeddable":
+            status, body = self._embeddable(scope, entry)
+        elif vendor == "databrain":
+            status, body = self._databrain(scope, entry)
+        else:
+            status, body, headers = self._superset(scope, entry, raw)
         entry["status"] = status
-        await respond(send, status, body)
+        await respond(send, status, body, headers=headers)
 
     async def _inject(
         self, rule: FaultRule, entry: dict[str, Any], receive: Receive, send: Send, arrived: float
@@ -342,6 +371,33 @@ class SandboxApp:
         self.state.remember_token(token, entry)
         return 200, orjson.dumps({"token": token, "error": None})
 
+    def _superset(
+        self, scope: Scope, entry: dict[str, Any], raw: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        emulator = self.state.superset
+        path = route_path(scope)
+        body = orjson.loads(raw) if entry["body_error"] is None else None
+        if path == CSRF_PATH:
+            answer = emulator.csrf_token(scope)
+        elif path == LOGIN_PATH:
+            answer = emulator.login(body)
+        elif path == GUEST_TOKEN_PATH:
+            answer = emulator.guest_token(scope, body, entry["body_error"])
+        elif path == PRESET_AUTH_PATH:
+            answer = emulator.preset_auth(body)
+        else:
+            match = PRESET_GUEST_TOKEN_RE.match(path)
+            assert match is not None  # routed here only when it matched
+            answer = emulator.preset_guest_token(
+                scope, match["team"], match["workspace"], body, entry["body_error"]
+            )
+        status, content, _ = answer
+        entry["authorized"] = status not in (401, 422)
+        if status == 200 and path not in (LOGIN_PATH, CSRF_PATH, PRESET_AUTH_PATH):
+            issued = orjson.loads(content)
+            self.state.remember_token(issued.get("token") or issued["payload"]["token"], entry)
+        return answer
+
     # --- the control API --------------------------------------------------------------
 
     async def _control(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
@@ -369,6 +425,9 @@ class SandboxApp:
         elif path == "faults" and method == "DELETE":
             state.faults.clear(vendor)
             await respond_json(send, 200, {"faults": state.faults.describe()})
+        elif path == "sessions" and method == "DELETE":
+            state.superset.revoke_sessions()
+            await respond_json(send, 200, {"sessions": []})
         elif path.startswith("tokens/") and method == "GET":
             entry = state.tokens.get(path[len("tokens/") :])
             if entry is None:
@@ -436,6 +495,8 @@ def run_sandbox(
         extra={
             "embeddable_base_urls": [f"{base}/embeddable/{r}" for r in ("us", "eu")],
             "databrain_base_url": f"{base}/databrain",
+            "superset_base_url": f"{base}/superset",
+            "preset_api_url": f"{base}/preset",
         },
     )
     uvicorn.run(

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Vendor = Literal["embeddable", "databrain"]
-VENDORS: tuple[Vendor, ...] = ("embeddable", "databrain")
+Vendor = Literal["embeddable", "databrain", "superset", "preset"]
+VENDORS: tuple[Vendor, ...] = ("embeddable", "databrain", "superset", "preset")
 
 
 class FaultRule(BaseModel):

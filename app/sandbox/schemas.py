@@ -221,3 +221,86 @@ def _first_error(exc: ValidationError) -> BodyError:
     where = ".".join(str(part) for part in error["loc"]) or "body"
     message = error["msg"].removeprefix("Value error, ")
     return BodyError(where, f"{where}: {message}")
+
+
+# --- Superset and Preset -------------------------------------------------------------
+#
+# Superset's guest-token schema (superset/security/api.py): ``user`` and ``rls`` entries
+# are marshmallow objects, ``resources`` and ``rls`` are required (``rls`` may be []),
+# a resource's ``type`` is ``dashboard`` and its ``id`` the embedded uuid (a string).
+# Superset itself ignores unknown fields; the sandbox refuses them, so a broker typo
+# cannot pass here and be silently dropped by the vendor.
+
+
+@with_config(STRICT)
+class SupersetLogin(TypedDict, total=False):
+    username: Required[str]
+    password: Required[str]
+    provider: Required[str]
+    refresh: bool
+
+
+@with_config(STRICT)
+class GuestUser(TypedDict, total=False):
+    username: str
+    first_name: str
+    last_name: str
+
+
+@with_config(STRICT)
+class GuestResource(TypedDict):
+    type: Annotated[str, StringConstraints(pattern=r"^dashboard$")]
+    id: NonEmptyStr
+
+
+@with_config(STRICT)
+class GuestRlsRule(TypedDict, total=False):
+    clause: Required[NonEmptyStr]
+    dataset: int
+
+
+@with_config(STRICT)
+class SupersetGuestTokenRequest(TypedDict, total=False):
+    user: GuestUser
+    resources: Required[list[GuestResource]]
+    rls: Required[list[GuestRlsRule]]
+
+
+@with_config(STRICT)
+class PresetAuth(TypedDict):
+    name: NonEmptyStr
+    secret: NonEmptyStr
+
+
+_SUPERSET_LOGIN = TypeAdapter(SupersetLogin)
+_SUPERSET_GUEST = TypeAdapter(SupersetGuestTokenRequest)
+_PRESET_AUTH = TypeAdapter(PresetAuth)
+
+
+def superset_field_errors(adapter: str, body: Any) -> dict[str, list[str]] | None:
+    """Marshmallow's shape of a 400: ``{"field": ["reason"]}``; None when valid.
+
+    ``adapter`` is ``login``, ``guest_token`` or ``preset_auth``.
+    """
+    validators: dict[str, TypeAdapter[Any]] = {
+        "login": _SUPERSET_LOGIN,
+        "guest_token": _SUPERSET_GUEST,
+        "preset_auth": _PRESET_AUTH,
+    }
+    validator = validators[adapter]
+    try:
+        validator.validate_python(body)
+    except ValidationError as exc:
+        errors: dict[str, list[str]] = {}
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(part) for part in error["loc"]) or "_schema"
+            reason = (
+                "Missing data for required field."
+                if error["type"] == "missing"
+                else "Unknown field."
+                if error["type"] == "extra_forbidden"
+                else error["msg"].removeprefix("Value error, ")
+            )
+            errors.setdefault(where, []).append(reason)
+        return errors
+    return None

@@ -19,6 +19,16 @@ DEFAULT_PORT = 8090
 DEV_EMBEDDABLE_US_API_KEY = "sandbox-embeddable-us-dev-key"
 DEV_EMBEDDABLE_EU_API_KEY = "sandbox-embeddable-eu-dev-key"
 DEV_DATABRAIN_API_KEY = "sandbox-databrain-dev-key"
+DEV_SUPERSET_USERNAME = "sandbox-admin"
+DEV_SUPERSET_PASSWORD = "sandbox-superset-dev-password"
+DEV_SUPERSET_DASHBOARDS = frozenset(
+    {"5b1c8a0e-0000-4000-8000-000000000021", "5b1c8a0e-0000-4000-8000-000000000022"}
+)
+"""The embedded dashboard uuids the sandbox's Superset and Preset know."""
+DEV_PRESET_API_TOKEN = "sandbox-preset-dev-token"
+DEV_PRESET_API_SECRET = "sandbox-preset-dev-secret"
+DEV_PRESET_TEAM = "sandbox-team"
+DEV_PRESET_WORKSPACE = "sandbox-workspace"
 
 
 def _random_secret() -> SecretStr:
@@ -40,6 +50,22 @@ class SandboxSettings(BaseSettings):
     databrain_data_apps: Annotated[frozenset[str], NoDecode] = frozenset()
     """Known data apps (env: comma-separated); any other dataAppName gets 404 DATA_APP_ID_ERROR.
     Empty: every valid name is known."""
+    superset_username: str = Field(default=DEV_SUPERSET_USERNAME, min_length=1)
+    superset_password: SecretStr = Field(default=SecretStr(DEV_SUPERSET_PASSWORD), min_length=1)
+    superset_dashboards: Annotated[frozenset[str], NoDecode] = DEV_SUPERSET_DASHBOARDS
+    """Embedded dashboard uuids (env: comma-separated); any other id is 400
+    "EmbeddedDashboard not found." (Superset and Preset alike)."""
+    superset_access_token_seconds: int = Field(default=900, ge=1, le=86_400)
+    """Lifetime of a login's access token (Superset's default: 15 minutes)."""
+    superset_guest_token_seconds: int = Field(default=300, ge=1, le=86_400)
+    """GUEST_TOKEN_JWT_EXP_SECONDS: the guest token's lifetime, server-wide as in Superset."""
+    superset_guest_token_secret: SecretStr = Field(default_factory=_random_secret, min_length=32)
+    """GUEST_TOKEN_JWT_SECRET: the HS256 key of guest tokens; random per process unless set."""
+    superset_guest_token_audience: str = Field(default="sandbox-superset", min_length=1)
+    preset_api_token: str = Field(default=DEV_PRESET_API_TOKEN, min_length=1)
+    preset_api_secret: SecretStr = Field(default=SecretStr(DEV_PRESET_API_SECRET), min_length=1)
+    preset_team: str = Field(default=DEV_PRESET_TEAM, min_length=1)
+    preset_workspace: str = Field(default=DEV_PRESET_WORKSPACE, min_length=1)
     history_limit: int = Field(default=1000, ge=1, le=100_000)
     """Requests (and issued tokens) remembered for ``/_sandbox/requests``."""
     max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
@@ -48,7 +74,7 @@ class SandboxSettings(BaseSettings):
     access_log: bool = False
     """Off by default: the sandbox serves benchmarks; /_sandbox/requests shows the traffic."""
 
-    @field_validator("databrain_data_apps", mode="before")
+    @field_validator("databrain_data_apps", "superset_dashboards", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -16,6 +16,20 @@ US_KEY = "test-embeddable-us-key"
 EU_KEY = "test-embeddable-eu-key"
 DATABRAIN_KEY = "test-databrain-key"
 DATA_APPS = frozenset({"opsapp", "salesapp", "sales-dashboard", "Demo Sales Data App"})
+SUPERSET_USER = "test-superset-admin"
+SUPERSET_PASSWORD = "test-superset-password"
+SUPERSET_DASHBOARD = "9c7b2f4e-0000-4000-8000-000000000001"
+SUPERSET_GUEST_SECRET = "test-superset-guest-token-secret-0123456789"
+SUPERSET_AUDIENCE = "test-superset"
+PRESET_TOKEN = "test-preset-token"
+PRESET_SECRET = "test-preset-secret"
+PRESET_TEAM = "team-1"
+PRESET_WORKSPACE = "ws-1"
+GUEST_BODY: dict[str, Any] = {
+    "user": {"username": "alice", "first_name": "Alice", "last_name": "A"},
+    "resources": [{"type": "dashboard", "id": SUPERSET_DASHBOARD}],
+    "rls": [{"clause": "tenant_id = 'acme'"}],
+}
 
 EMBEDDABLE_BODY: dict[str, Any] = {
     "embeddableId": "d-1",
@@ -63,6 +77,15 @@ def sandbox_settings(**overrides: Any) -> SandboxSettings:
         "databrain_api_key": DATABRAIN_KEY,
         "token_secret": TOKEN_SECRET,
         "databrain_data_apps": DATA_APPS,
+        "superset_username": SUPERSET_USER,
+        "superset_password": SUPERSET_PASSWORD,
+        "superset_dashboards": frozenset({SUPERSET_DASHBOARD}),
+        "superset_guest_token_secret": SUPERSET_GUEST_SECRET,
+        "superset_guest_token_audience": SUPERSET_AUDIENCE,
+        "preset_api_token": PRESET_TOKEN,
+        "preset_api_secret": PRESET_SECRET,
+        "preset_team": PRESET_TEAM,
+        "preset_workspace": PRESET_WORKSPACE,
         **overrides,
     }
     return SandboxSettings.model_validate(values)
@@ -78,6 +101,7 @@ class Sandbox:
     def reset(self) -> None:
         self.control.delete(f"{self.url}/_sandbox/faults").raise_for_status()
         self.control.delete(f"{self.url}/_sandbox/requests").raise_for_status()
+        self.control.delete(f"{self.url}/_sandbox/sessions").raise_for_status()
 
     def fault(self, **rule: Any) -> None:
         response = self.control.post(f"{self.url}/_sandbox/faults", json=rule)
@@ -100,6 +124,14 @@ class Sandbox:
     @property
     def databrain_url(self) -> str:
         return f"{self.url}/databrain"
+
+    @property
+    def superset_url(self) -> str:
+        return f"{self.url}/superset"
+
+    @property
+    def preset_url(self) -> str:
+        return f"{self.url}/preset"
 
 
 def running_sandbox(**overrides: Any) -> Iterator[Sandbox]:
