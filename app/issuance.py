@@ -1,5 +1,9 @@
 """The token flow: authorize → rate-limit → cache → single-flight → vendor → audit.
 
+Single-flight has two levels: per process (:class:`SingleFlight`) and, with Redis, per
+fleet (:class:`FleetSingleFlight`) inside the process's one shared call, so identical
+misses across all replicas make one vendor call (operations.md "Fleet mode").
+
 Everything here is independent of HTTP: the API layer hands in a verified user and
 what was asked for, and gets back a :class:`Grant` or a :class:`BrokerError`. Every
 decision (granted or denied) emits exactly one audit event and one
@@ -25,6 +29,7 @@ from app.providers.errors import ProviderError
 from app.providers.mapping import to_broker_error
 from app.resilience import VendorCaller
 from app.state.cache import CachedToken, TokenCache, token_cache_key
+from app.state.fleet import FleetSingleFlight
 from app.state.ratelimit import RateDecision, RateLimiter
 from app.state.singleflight import SingleFlight
 
@@ -51,6 +56,8 @@ class Grant:
 class Obtained:
     token: CachedToken
     vendor_status: int | None
+    shared: bool = False
+    """Another replica's vendor call (fleet single-flight): audited as ``coalesced``."""
 
 
 def rate_limit_headers(decision: RateDecision | None) -> dict[str, str]:
@@ -160,9 +167,11 @@ class TokenFlow:
         caller: VendorCaller,
         limiter: RateLimiter,
         metrics: Metrics,
+        fleet: FleetSingleFlight[Obtained] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._cache = cache
+        self._fleet = fleet
         self._caller = caller
         self._limiter = limiter
         self._metrics = metrics
@@ -263,15 +272,16 @@ class TokenFlow:
         cache_config: CacheConfig,
     ) -> tuple[Obtained, CacheState]:
         key, region = planned.cache_key, planned.region
+
+        def fresh(token: CachedToken) -> bool:
+            return token.remaining_ratio(self._clock()) >= cache_config.min_remaining_ratio
+
         if cache_config.enabled:
             cached = await self._cache.get(key)
-            if (
-                cached is not None
-                and cached.remaining_ratio(self._clock()) >= cache_config.min_remaining_ratio
-            ):
+            if cached is not None and fresh(cached):
                 return Obtained(cached, None), "hit"
 
-        async def call_vendor() -> Obtained:
+        async def mint() -> Obtained:
             plan = plan_for_vendor()
             ttl_seconds = plan.embed.ttl_seconds
             requested_at = self._clock()
@@ -284,8 +294,24 @@ class TokenFlow:
                 await self._cache.put(key, token)
             return Obtained(token, issued.vendor_status)
 
+        fleet = self._fleet
+        if fleet is None or not cache_config.enabled:
+            # Without a shared cache there is nothing for other replicas to take.
+            call_vendor = mint
+        else:
+
+            async def call_vendor() -> Obtained:
+                obtained, _shared = await fleet.run(
+                    key,
+                    deadline_seconds=provider.config.timeout_seconds,
+                    fresh=fresh,
+                    mint=mint,
+                    adopt=lambda token: Obtained(token, None, shared=True),
+                )
+                return obtained
+
         obtained, coalesced = await self._flights.run(key, call_vendor)
-        return obtained, "coalesced" if coalesced else "miss"
+        return obtained, "coalesced" if coalesced or obtained.shared else "miss"
 
     def _record(self, event: str, outcome: str, audit: dict[str, Any], started: float) -> None:
         audit["outcome"] = outcome

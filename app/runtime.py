@@ -19,7 +19,7 @@ import httpx
 
 from app.auth import JwksStore, SessionVerifier
 from app.config.models import PolicyConfig
-from app.issuance import TokenFlow
+from app.issuance import Obtained, TokenFlow
 from app.observability.metrics import Metrics
 from app.policy import Policy
 from app.providers.base import BaseProvider
@@ -27,6 +27,7 @@ from app.providers.registry import provider_class
 from app.resilience import VendorCaller
 from app.settings import Settings
 from app.state.cache import MemoryTokenCache, RedisTokenCache, TokenCache
+from app.state.fleet import FleetSingleFlight
 from app.state.ratelimit import RateLimiter
 from app.state.redis import RedisHealth
 from app.transport import LeanTransport, NoCookies
@@ -98,15 +99,18 @@ class Runtime:
         redis: RedisHealth | None = None
         local_cache = MemoryTokenCache(config.cache.max_entries)
         token_cache: TokenCache = local_cache
+        fleet: FleetSingleFlight[Obtained] | None = None
         if settings.redis_url is not None:
             redis = RedisHealth(
                 settings.redis_url.get_secret_value(),
                 metrics=metrics,
                 prefix=settings.redis_key_prefix,
             )
-            token_cache = RedisTokenCache(
+            shared_cache = RedisTokenCache(
                 redis, encryption_secret=settings.cache_encryption_key, local=local_cache
             )
+            token_cache = shared_cache
+            fleet = FleetSingleFlight(shared_cache, redis, metrics=metrics)
             await redis.start()
         limiter = RateLimiter(
             config.limits,
@@ -127,7 +131,9 @@ class Runtime:
             token_cache=token_cache,
             limiter=limiter,
             caller=caller,
-            flow=TokenFlow(cache=token_cache, caller=caller, limiter=limiter, metrics=metrics),
+            flow=TokenFlow(
+                cache=token_cache, caller=caller, limiter=limiter, metrics=metrics, fleet=fleet
+            ),
         )
         runtime.active = await runtime.build(config)
         metrics.prepare(config)

@@ -16,16 +16,15 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.state.redis_url import parse_redis_url
+
 ENV_PREFIX = "BROKER_"
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 MIN_ENCRYPTION_KEY_BYTES = 32
-# What RedisHealth's client accepts today (Cluster and Sentinel URLs join with fleet mode).
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
 class SettingsError(ValueError):
@@ -80,19 +79,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None:
-            return None
-        try:
-            parts = urlsplit(value.get_secret_value())
-            parts.port  # noqa: B018 (raises on a port that is not a number)
-        except ValueError:
-            raise ValueError("not a valid URL") from None
-        if parts.scheme not in REDIS_SCHEMES:
-            raise ValueError(
-                "the scheme must be one of " + ", ".join(f"{s}://" for s in sorted(REDIS_SCHEMES))
-            )
-        if parts.scheme != "unix" and not parts.hostname:
-            raise ValueError("names no host")
+        if value is not None:
+            parse_redis_url(value.get_secret_value())  # single node, Cluster or Sentinel
+        return value
+
+    @field_validator("redis_key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        # Key names end in a {hash tag} that keeps a token's value and its fleet lock in
+        # one Cluster slot; a brace in the prefix would become the tag instead.
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain { or } (the broker adds its own hash tags)")
         return value
 
     @field_validator("cache_encryption_key")

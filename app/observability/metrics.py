@@ -81,6 +81,7 @@ UPSTREAM_FAILURE_STATUSES = (
 JWKS_OUTCOMES = ("ok", "unreachable", "http_error", "invalid", "too_large", "no_usable_keys")
 RATE_LIMIT_SCOPES = ("user", "tenant")
 RELOAD_OUTCOMES = ("success", "failure")
+FLEET_ROLES = ("leader", "follower", "takeover", "local")
 
 
 def multiprocess_dir() -> str | None:
@@ -132,6 +133,10 @@ class Metrics:
     redis_available: Gauge | None
     """None without Redis: the series is then absent, not 0."""
     redis_errors_total: Counter
+    fleet_flights_total: Counter | None
+    """None without Redis. Fleet single-flight calls by role: leader (called the vendor),
+    follower (took another replica's token), takeover (called it after a leader
+    vanished), local (Redis unavailable: called it without the fleet)."""
     session_cache_total: Counter
     sessions_rejected_total: Counter
     embed_labels: bool = False
@@ -285,6 +290,13 @@ class Metrics:
             redis_errors_total=counter(
                 "redis_errors_total", "Redis operations that failed.", ("operation",)
             ),
+            fleet_flights_total=counter(
+                "fleet_flights_total",
+                "Fleet-wide single-flight calls by role (leader, follower, takeover, local).",
+                ("role",),
+            )
+            if redis
+            else None,
             session_cache_total=counter(
                 "session_cache_total", "Verified-session cache lookups.", ("result",)
             ),
@@ -300,4 +312,7 @@ class Metrics:
             metrics.rate_limited_total.labels(scope=scope)
         for outcome in RELOAD_OUTCOMES:
             metrics.config_reloads_total.labels(outcome=outcome)
+        if metrics.fleet_flights_total is not None:
+            for role in FLEET_ROLES:
+                metrics.fleet_flights_total.labels(role=role)
         return metrics

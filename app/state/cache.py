@@ -7,7 +7,9 @@
 - :class:`RedisTokenCache`: shared between replicas. Keys are hashes (no user data in
   key names), values are AES-GCM encrypted with a key derived (HKDF-SHA256) from
   ``BROKER_CACHE_ENCRYPTION_KEY`` and bound to their key name, entries expire with the
-  token. It never raises: on a Redis error it serves from its in-process cache.
+  token. It never raises: on a Redis error it serves from its in-process cache. Key
+  names end in a hash tag (``tok:{<hash>}``) that the fleet lock shares
+  (``lock:{<hash>}``, app.state.fleet), so on a Redis Cluster both live in one slot.
 
 Whether a cached token is still fresh *enough* (``cache.min_remaining_ratio``) is the
 caller's decision: the cache only forgets tokens that have expired.
@@ -223,25 +225,43 @@ class RedisTokenCache:
         self._last_invalid_log: float | None = None
 
     def redis_key(self, key: str) -> str:
-        return self._key_prefix + key
+        """``<prefix>tok:{<key>}``: the braces are the Cluster hash tag (see the module)."""
+        return f"{self._key_prefix}{{{key}}}"
+
+    def related_key(self, kind: str, key: str) -> str:
+        """Another key name in the same hash slot as ``key``'s token (``lock``, ``err``)."""
+        return f"{self._health.prefix}{kind}:{{{key}}}"
 
     async def get(self, key: str) -> CachedToken | None:
         token = self._local.get_now(key)
         if token is not None or not self._health.available:
             return token
-        redis_key = self.redis_key(key)
         try:
-            raw = await self._redis.get(redis_key)
+            raw = await self._redis.get(self.redis_key(key))
         except self._health.errors as exc:
             self._health.report_failure("cache_get", exc)
             return None
+        return self.from_redis(key, raw)
+
+    def from_redis(self, key: str, raw: object) -> CachedToken | None:
+        """The token in a value read from ``redis_key(key)`` (None: a miss, expired or
+        undecryptable), remembered in the in-process tier."""
         if not isinstance(raw, bytes):  # None: a miss (the client never decodes responses)
             return None
-        token = self._decode(redis_key, raw)
+        token = self._decode(self.redis_key(key), raw)
         if token is None or token.expires_at <= self._clock():
             return None
         self._local.put_now(key, token)
         return token
+
+    def seal(self, redis_key: str, plain: bytes) -> bytes:
+        """``plain`` encrypted for the value of ``redis_key`` (and no other key)."""
+        nonce = os.urandom(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, plain, redis_key.encode())
+
+    def unseal(self, redis_key: str, raw: bytes) -> bytes:
+        """The inverse of :meth:`seal`; raises ``InvalidTag`` on a foreign or tampered value."""
+        return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], redis_key.encode())
 
     async def put(self, key: str, token: CachedToken) -> None:
         self._local.put_now(key, token)
@@ -259,12 +279,11 @@ class RedisTokenCache:
             _VALUE_HEADER.pack(_VALUE_FORMAT, token.issued_at, token.expires_at)
             + token.token.encode()
         )
-        nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plain, redis_key.encode())
+        return self.seal(redis_key, plain)
 
     def _decode(self, redis_key: str, raw: bytes) -> CachedToken | None:
         try:
-            plain = self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], redis_key.encode())
+            plain = self.unseal(redis_key, raw)
             version, issued_at, expires_at = _VALUE_HEADER.unpack_from(plain)
             if version != _VALUE_FORMAT:
                 raise ValueError("unknown value format")

@@ -1,8 +1,8 @@
 """Per-user and per-tenant rate limits (operations.md "Rate limits").
 
 The `limits` library's sliding-window-counter strategy does the counting, over its
-Redis storage when Redis is configured (limits hold across replicas; the storage shares
-the process's one connection pool) and over :class:`InProcessWindowStorage` otherwise,
+Redis storage when Redis is configured (limits hold across replicas; the storage uses
+the process's one Redis client, whatever its topology: :class:`SharedClientStorage`) and over :class:`InProcessWindowStorage` otherwise,
 or while Redis is unavailable (then each replica counts on its own: limits are looser
 during an outage, never stricter).
 
@@ -42,6 +42,8 @@ from app.config.models import LimitsConfig
 from app.observability.metrics import Metrics
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis, RedisCluster
+
     from app.state.redis import RedisHealth
 
 SCOPE_USER = "user"
@@ -199,6 +201,28 @@ class InProcessWindowStorage(Storage, SlidingWindowCounterSupport, TimestampedSl
         await self.clear(current_key)
 
 
+class SharedClientStorage(RedisStorage):
+    """limits' Redis storage over the process's own redis-py client.
+
+    limits would build a second client (and pool) from a URI; this one shares the
+    broker's, so a single node, a Cluster and Sentinel all work the same way and one
+    shutdown closes everything. ``configure_bridge`` is the hook limits' own cluster and
+    Sentinel storages override to choose their client. The sliding-window keys carry
+    limits' own hash tag (``{key}`` and ``{key}/-1``), so its Lua scripts stay within
+    one Cluster slot.
+    """
+
+    def __init__(self, client: Redis | RedisCluster, *, key_prefix: str) -> None:
+        self._shared_client = client
+        super().__init__("async+redis://", implementation="redispy", key_prefix=key_prefix)
+
+    def configure_bridge(self) -> None:
+        client = self._shared_client
+        bridge: Any = self.bridge
+        bridge.storage = client
+        bridge.connection_getter = lambda _readonly: client
+
+
 def _key_hasher(secret: SecretStr | str | bytes | None) -> Callable[[str, str], str]:
     if isinstance(secret, SecretStr):
         secret = secret.get_secret_value()
@@ -232,14 +256,7 @@ class RateLimiter:
         self._local = InProcessWindowStorage(clock=clock)
         self._shared: SlidingWindowCounterRateLimiter | None = None
         if redis is not None:
-            # The URI only selects the scheme: the pool already knows where Redis is.
-            options: dict[str, Any] = {"connection_pool": redis.client.connection_pool}
-            storage = RedisStorage(
-                "async+redis://",
-                implementation="redispy",
-                key_prefix=key_prefix + "rl",
-                **options,
-            )
+            storage = SharedClientStorage(redis.client, key_prefix=key_prefix + "rl")
             self._shared = SlidingWindowCounterRateLimiter(storage)
         self._rules: tuple[tuple[str, RateLimitItem], ...] = ()
         self.configure(limits)

@@ -14,6 +14,13 @@ How that works:
   and flips it back on the first answer; it sleeps (on an event) while Redis is healthy.
 - Socket timeouts are short and redis-py retries a failed command once, immediately: that
   retry is what transparently replaces a pooled connection a restarted Redis has closed.
+
+The client fits the URL's topology (:mod:`app.state.redis_url`): a plain ``Redis`` for one
+node, a ``RedisCluster`` for a cluster (it follows ``MOVED``/``ASK`` and rediscovers the
+slots itself), and for Sentinel a ``Redis`` over a ``SentinelConnectionPool``, which asks
+the Sentinels for the current master on every new connection: after a failover the first
+failed command marks Redis unavailable, and the probe's next ping reaches the promoted
+master.
 """
 
 from __future__ import annotations
@@ -23,12 +30,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from app.observability.metrics import Metrics
+from app.state.redis_url import RedisTarget, parse_redis_url
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 log = logging.getLogger("token_broker.redis")
 
@@ -58,19 +66,10 @@ class RedisHealth:
         log_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        # redis-py is imported only when Redis is configured: it is a third of the
-        # broker's import time (start-up target S6).
-        from redis.asyncio import Redis
-        from redis.asyncio.retry import Retry
-        from redis.backoff import NoBackoff
-
         self.errors = redis_errors()
-        self.client: Redis = Redis.from_url(
-            url,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self.target = parse_redis_url(url)
+        self.client: Redis | RedisCluster
+        self.client, self._sentinels = create_client(self.target, socket_timeout)
         self.prefix = prefix
         self._metrics = metrics
         self._probe_interval = probe_interval
@@ -130,6 +129,8 @@ class RedisHealth:
                 await self._probe
             self._probe = None
         await self.client.aclose()
+        for sentinel in self._sentinels:
+            await sentinel.aclose()
 
     async def _ping(self) -> bool:
         try:
@@ -144,8 +145,11 @@ class RedisHealth:
 
     async def _recovered(self) -> None:
         # Idle pooled sockets predate the outage; drop them rather than fail on each once.
-        with contextlib.suppress(*self.errors):
-            await self.client.connection_pool.disconnect(inuse_connections=False)
+        # (A RedisCluster replaces the connections of a node that failed by itself.)
+        pool = getattr(self.client, "connection_pool", None)
+        if pool is not None:
+            with contextlib.suppress(*self.errors):
+                await pool.disconnect(inuse_connections=False)
         down_for = (
             self._clock() - self._unavailable_since if self._unavailable_since is not None else 0.0
         )
@@ -164,3 +168,55 @@ class RedisHealth:
                 continue
             await asyncio.sleep(self._probe_interval)
             await self._ping()
+
+
+def create_client(
+    target: RedisTarget, socket_timeout: float
+) -> tuple[Redis | RedisCluster, list[Redis]]:
+    """The redis-py asyncio client for ``target``, with short timeouts and one retry, and
+    the Sentinel clients behind it (to close with it)."""
+    # redis-py is imported only when Redis is configured: it is a third of the
+    # broker's import time (start-up target S6).
+    from redis.asyncio import Redis, RedisCluster
+    from redis.asyncio.cluster import ClusterNode
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 1),
+    }
+    if target.topology == "single":
+        return Redis.from_url(target.url, **common), []
+    tls: dict[str, Any] = {}
+    if target.tls:
+        tls["ssl"] = True
+        if target.option("ssl_ca_certs"):
+            tls["ssl_ca_certs"] = target.option("ssl_ca_certs")
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    if target.topology == "cluster":
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+            **auth,
+            **tls,
+            **common,
+        )
+        return cluster, []
+    assert target.service is not None
+    sentinel_auth: dict[str, Any] = {
+        "username": target.option("sentinel_username"),
+        "password": target.option("sentinel_password"),
+    }
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(target.nodes),
+        sentinel_kwargs={
+            "socket_timeout": socket_timeout,
+            "socket_connect_timeout": socket_timeout,
+            **sentinel_auth,
+            **tls,
+        },
+    )
+    master = sentinel.master_for(target.service, db=target.db, **auth, **tls, **common)
+    return master, list(sentinel.sentinels)

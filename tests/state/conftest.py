@@ -8,6 +8,12 @@ import pytest
 
 from app.observability.metrics import Metrics
 from tests.support import redis as redis_support
+from tests.support.redis_topologies import (
+    ClusterSetup,
+    SentinelSetup,
+    start_cluster,
+    start_sentinel,
+)
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,17 @@ def private_redis() -> Iterator[redis_support.RedisServer]:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics.create(redis=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSetup]:
+    """A real three-master Redis Cluster of the session's own (tests/support)."""
+    with start_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelSetup]:
+    """A real master + replica behind three Sentinels; tests must not kill its master."""
+    with start_sentinel() as setup:
+        yield setup

@@ -71,7 +71,7 @@ async def test_values_are_encrypted_and_keys_carry_no_user_data(
     key = token_cache_key("embeddable", "eu", BODY)
     await cache.put(key, fresh_token())
     names = [name async for name in raw.scan_iter(match=f"{redis_prefix}*")]
-    assert names == [f"{redis_prefix}tok:{key}".encode()]
+    assert names == [f"{redis_prefix}tok:{{{key}}}".encode()]  # the hash tag: fleet.py
     for forbidden in (b"alice", b"acme", b"embeddable"):
         assert forbidden not in names[0]
     value = await raw.get(names[0])
