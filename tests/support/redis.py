@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from typing import NoReturn
@@ -30,6 +29,7 @@ from typing import NoReturn
 import pytest
 import redis
 
+from tests.support.eventually import eventually
 from tests.support.servers import LOOPBACK, free_port
 
 DEFAULT_PORT = 6379
@@ -50,6 +50,23 @@ def ping(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def wait_until_answering(process: subprocess.Popen[bytes], port: int) -> None:
+    """Until the ``redis-server`` just started as ``process`` answers ``PING`` on ``port``;
+    an early exit or silence is :func:`redis_unavailable` (and the process is stopped)."""
+
+    def answering() -> bool:
+        if process.poll() is not None:
+            redis_unavailable(f"redis-server exited at start on port {port}")
+        return ping(port)
+
+    try:
+        eventually(answering, timeout=STARTUP_TIMEOUT_SECONDS, what=f"redis-server on {port}")
+    except AssertionError:
+        process.kill()
+        process.wait(timeout=10)
+        redis_unavailable(f"redis-server did not answer on port {port}")
 
 
 class RedisServer:
@@ -91,15 +108,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while not ping(self.port):
-            if self._process.poll() is not None:
-                self._process = None
-                redis_unavailable(f"redis-server exited at start on port {self.port}")
-            if time.monotonic() > deadline:
-                self.stop()
-                redis_unavailable(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.02)
+        wait_until_answering(self._process, self.port)
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server; ``kill`` sends SIGKILL (a crash) instead of SIGTERM."""

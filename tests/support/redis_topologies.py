@@ -24,8 +24,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from tests.support.redis import STARTUP_TIMEOUT_SECONDS, ping, redis_unavailable
+from tests.support.eventually import eventually
+from tests.support.redis import redis_unavailable, wait_until_answering
 from tests.support.servers import LOOPBACK, free_port
 
 SLOTS = 16384
@@ -74,14 +74,7 @@ class Node:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
-        while not ping(self.port):
-            if self.process.poll() is not None:
-                redis_unavailable(f"redis-server exited at start on port {self.port}")
-            if time.monotonic() > deadline:
-                self.stop()
-                redis_unavailable(f"redis-server did not answer on port {self.port}")
-            time.sleep(0.02)
+        wait_until_answering(self.process, self.port)
 
     def stop(self, *, kill: bool = False) -> None:
         process, self.process = self.process, None
@@ -114,16 +107,15 @@ def _data_node_args(port: int, *extra: str) -> list[str]:
     ]
 
 
-def _wait(condition: object, what: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while True:
+def _wait(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+    """``eventually``, with a Redis error counting as "not yet" (a node still starting)."""
+
+    def check() -> bool:
         with contextlib.suppress(redis.RedisError):
-            if condition():
-                return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"Redis test topology: {what} within {timeout} s")
-        time.sleep(0.05)
+            return condition()
+        return False
+
+    eventually(check, timeout=timeout, what=what)
 
 
 # --- Cluster --------------------------------------------------------------------------
@@ -213,7 +205,7 @@ def start_cluster(masters: int = 3) -> Iterator[ClusterSetup]:
                         return False
             return True
 
-        _wait(ready, "the cluster did not reach cluster_state:ok")
+        _wait(ready, "every cluster node reports cluster_state:ok")
         yield ClusterSetup(nodes)
     finally:
         for node in nodes:
@@ -274,7 +266,7 @@ class SentinelSetup:
                 )
                 return bool(role[0] == b"master")
 
-        _wait(promoted, "the Sentinels did not promote the replica", timeout=60)
+        _wait(promoted, "the Sentinels promote the replica", timeout=60)
         return self.master_address()
 
 
@@ -301,7 +293,7 @@ def start_sentinel(sentinels: int = 3, quorum: int = 2) -> Iterator[SentinelSetu
                 info = client.info("replication")
                 return bool(info.get("master_link_status") == "up")
 
-        _wait(replicating, "the replica did not sync with the master")
+        _wait(replicating, "the replica syncs with the master")
         watchers = []
         for index in range(sentinels):
             port = free_port()
@@ -332,7 +324,7 @@ def start_sentinel(sentinels: int = 3, quorum: int = 2) -> Iterator[SentinelSetu
                         return False
             return True
 
-        _wait(watching, "the Sentinels did not discover each other and the replica")
+        _wait(watching, "the Sentinels discover each other and the replica")
         yield setup
     finally:
         for node in started:
