@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
+import socket
 import statistics
 import sys
 import time
@@ -65,6 +67,8 @@ class Profile:
     s5_soak_s: float
     s6_starts: int
     s7_requests: int
+    s8_requests: int = 300
+    """S8: identical cold requests spread over the fleet's brokers."""
     threads: int = 1
     """wrk threads. One keeps the 2-core reference machine's second core for the servers."""
     load_probe_s: float = 1.0
@@ -132,9 +136,14 @@ class BrokerCounts:
     """Granted tokens by cache state (hit, miss, coalesced)."""
     denied: float = 0.0
     session_cache: dict[str, float] = field(default_factory=dict)
+    fleet_roles: dict[str, float] = field(default_factory=dict)
+    """Fleet single-flight calls by role (leader, follower, takeover, local); Redis only."""
 
     def minus(self, earlier: BrokerCounts) -> BrokerCounts:
         return BrokerCounts(
+            fleet_roles={
+                k: v - earlier.fleet_roles.get(k, 0.0) for k, v in self.fleet_roles.items()
+            },
             tokens_by_cache={
                 k: v - earlier.tokens_by_cache.get(k, 0.0) for k, v in self.tokens_by_cache.items()
             },
@@ -149,12 +158,14 @@ class BrokerCounts:
             "tokens_by_cache": {k: int(v) for k, v in sorted(self.tokens_by_cache.items())},
             "denied": int(self.denied),
             "session_cache": {k: int(v) for k, v in sorted(self.session_cache.items())},
+            "fleet_roles": {k: int(v) for k, v in sorted(self.fleet_roles.items())},
         }
 
 
 def parse_counts(text: str) -> BrokerCounts:
     by_cache: dict[str, float] = {}
     sessions: dict[str, float] = {}
+    roles: dict[str, float] = {}
     denied = 0.0
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -172,7 +183,11 @@ def parse_counts(text: str) -> BrokerCounts:
         elif name == "token_broker_session_cache_total":
             result = labels.get("result", "?")
             sessions[result] = sessions.get(result, 0.0) + value
-    return BrokerCounts(tokens_by_cache=by_cache, denied=denied, session_cache=sessions)
+        elif name == "token_broker_fleet_flights_total":
+            roles[labels.get("role", "?")] = value
+    return BrokerCounts(
+        tokens_by_cache=by_cache, denied=denied, session_cache=sessions, fleet_roles=roles
+    )
 
 
 # --- the systems ----------------------------------------------------------------------
@@ -249,16 +264,53 @@ class Bench:
             "BENCH_SESSION_HS256_SECRET": self.policies.hs_secret,
         }
 
-    def spawn_broker(self, name: str, policy: Path | None = None) -> Child:
-        """``token-broker serve`` on a free port; returns without waiting for readiness."""
+    def spawn_broker(
+        self, name: str, policy: Path | None = None, env: dict[str, str] | None = None
+    ) -> Child:
+        """``token-broker serve`` on a free port; returns without waiting for readiness.
+        ``env`` adds to (or overrides) the broker's environment."""
         port = free_port()
         return self.supervisor.start(
             name,
             [*token_broker_command(), "serve"],
-            env=self.broker_env(policy or self.policies.main, port),
+            env={**self.broker_env(policy or self.policies.main, port), **(env or {})},
             port=port,
             cwd=REPO_ROOT,
         )
+
+    def start_redis(self) -> tuple[Child, str]:
+        """A ``redis-server`` of the bench's own on a free port, without persistence;
+        returns it and its URL (S8)."""
+        executable = shutil.which("redis-server")
+        if executable is None:
+            raise HarnessError(
+                "S8 needs redis-server (Debian/Ubuntu: apt-get install redis-server)"
+            )
+        port = free_port()
+        child = self.supervisor.start(
+            "redis",
+            [
+                executable,
+                "--port",
+                str(port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            port=port,
+            cwd=self.work_dir,
+        )
+        deadline = time.perf_counter() + 10.0
+        while not _redis_answers(port):
+            if not child.running() or time.perf_counter() > deadline:
+                raise HarnessError(
+                    f"redis-server did not start; last log lines:\n{child.log_tail()}"
+                )
+            time.sleep(0.02)
+        return child, f"redis://{LOOPBACK}:{port}/0"
 
     def start_broker(self, name: str = "broker") -> Child:
         child = self.spawn_broker(name)
@@ -458,6 +510,15 @@ class Bench:
                 )
                 wrk.pause()
         return results
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 def token_broker_command() -> list[str]:

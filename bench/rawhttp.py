@@ -68,9 +68,15 @@ class Connection:
 
 async def burst(host: str, port: int, request: bytes, count: int) -> list[Answer]:
     """``count`` connections, opened first; then the same request on each, all at once."""
-    connections = await asyncio.gather(*(Connection.open(host, port) for _ in range(count)))
+    return await burst_to([(host, port, request)] * count)
+
+
+async def burst_to(targets: Sequence[tuple[str, int, bytes]]) -> list[Answer]:
+    """One connection per ``(host, port, request)``, all opened first; then every request
+    written in one pass (S8 spreads one burst over several servers)."""
+    connections = await asyncio.gather(*(Connection.open(host, port) for host, port, _ in targets))
     try:
-        for connection in connections:
+        for connection, (_, _, request) in zip(connections, targets, strict=True):
             connection.writer.write(request)
         return list(await asyncio.gather(*(read_answer(c.reader) for c in connections)))
     finally:

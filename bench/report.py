@@ -232,7 +232,10 @@ def render_markdown(document: dict[str, Any], results: Sequence[ScenarioResult])
         "/proc; the soak alternates cached session requests and new users (evicting at the "
         "cache's limit) on 16 connections; growth = RSS after the soak vs. right after the "
         "fill. S6: wall time from spawning `token-broker serve` to the first 200 of "
-        "`/readyz`, polled every 5 ms.",
+        "`/readyz`, polled every 5 ms. S8: a `redis-server` of the bench's own and three "
+        "fresh brokers on it; the same one-pass burst as S4, its connections spread "
+        "round-robin over the three; vendor calls counted by the sandbox, fleet roles "
+        "read from each broker's `token_broker_fleet_flights_total`.",
         "",
         "Reproduce: `make bench` (needs `wrk`: `apt-get install wrk`); "
         "`python -m bench.run --help` for `--quick`, `--scenarios S1,S3`, `--duration`.",

@@ -1,8 +1,8 @@
-"""The seven scenarios of performance.md, each returning a :class:`ScenarioResult`.
+"""The scenarios of performance.md, each returning a :class:`ScenarioResult`.
 
 Throughput numbers are successful answers per second (wrk counts 4xx/5xx separately);
 a broker run with any error answer or socket error fails its scenario, whatever its
-speed. Count-based checks (S4, S7) read what the sandbox vendor received.
+speed. Count-based checks (S4, S7, S8) read what the sandbox vendor received.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from bench.procs import LOOPBACK, Child, HarnessError, wait_for_status
 MB = 1024 * 1024
 S3_VENDOR_LATENCY_MS = 50
 S4_VENDOR_LATENCY_MS = 200
+S8_VENDOR_LATENCY_MS = 200
+S8_BROKERS = 3
+S8_ENCRYPTION_KEY = "bench-fleet-cache-encryption-key-0123456789"
 
 
 @dataclass
@@ -680,6 +683,92 @@ def s7_repeat_loads(bench: Bench) -> ScenarioResult:
     )
 
 
+# --- S8 -------------------------------------------------------------------------------
+
+
+async def _fleet_herd(
+    brokers: list[Child], session: str, count: int
+) -> tuple[Counter[int], set[str], float]:
+    targets = []
+    for number in range(count):
+        broker = brokers[number % len(brokers)]
+        assert broker.port is not None
+        targets.append((LOOPBACK, broker.port, _session_post(broker, session)))
+    started = time.perf_counter()
+    answers = await rawhttp.burst_to(targets)
+    elapsed = time.perf_counter() - started
+    statuses = Counter(answer.status for answer in answers)
+    tokens = {orjson.loads(a.body)["token"] for a in answers if a.status == 200}
+    return statuses, tokens, elapsed
+
+
+def s8_fleet_herd(bench: Bench) -> ScenarioResult:
+    """performance.md S8: three brokers on one Redis, one burst spread over them."""
+    count = bench.profile.s8_requests
+    target = f"exactly 1 vendor call; {count} x 200"
+    redis, redis_url = bench.start_redis()
+    brokers: list[Child] = []
+    try:
+        env = {
+            "BROKER_REDIS_URL": redis_url,
+            "BROKER_REDIS_KEY_PREFIX": "bench-s8:",
+            "BROKER_CACHE_ENCRYPTION_KEY": S8_ENCRYPTION_KEY,
+        }
+        brokers = [bench.spawn_broker(f"fleet-{n}", env=env) for n in range(S8_BROKERS)]
+        for broker in brokers:
+            wait_for_status(broker, "/readyz")
+        user = "s8-user"
+        session = bench.session(user)
+        bench.clear_vendor_requests()
+        before = [bench.counts(broker) for broker in brokers]
+        bench.set_vendor_latency(S8_VENDOR_LATENCY_MS)
+        try:
+            statuses, tokens, elapsed = asyncio.run(_fleet_herd(brokers, session, count))
+        finally:
+            bench.clear_faults()
+        during = [
+            bench.counts(b).minus(earlier) for b, earlier in zip(brokers, before, strict=True)
+        ]
+        calls = bench.vendor_calls_for(user)
+    finally:
+        for broker in brokers:
+            bench.supervisor.stop(broker)
+        bench.supervisor.stop(redis)
+    roles: Counter[str] = Counter()
+    by_cache: Counter[str] = Counter()
+    for counts in during:
+        roles.update({k: int(v) for k, v in counts.fleet_roles.items()})
+        by_cache.update({k: int(v) for k, v in counts.tokens_by_cache.items()})
+    passed = calls == 1 and statuses == Counter({200: count}) and len(tokens) == 1
+    row = Row(
+        f"S8 fleet herd ({S8_BROKERS} brokers, one Redis, {count} concurrent, cold, "
+        f"vendor +{S8_VENDOR_LATENCY_MS} ms)",
+        f"{calls} vendor call; "
+        + ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
+        + f"; {len(tokens)} distinct token(s)",
+        f"fleet: {roles.get('leader', 0)} leader, {roles.get('follower', 0)} follower(s), "
+        f"{roles.get('takeover', 0)} takeover(s); {by_cache.get('coalesced', 0)} coalesced",
+        "—",
+        target,
+        passed,
+    )
+    return ScenarioResult(
+        "S8",
+        "fleet herd: identical cold requests over three brokers on one Redis",
+        [row],
+        details={
+            "brokers": S8_BROKERS,
+            "requests": count,
+            "vendor_calls": calls,
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "distinct_tokens": len(tokens),
+            "fleet_roles": dict(sorted(roles.items())),
+            "tokens_by_cache": dict(sorted(by_cache.items())),
+            "seconds_to_open_and_answer_all": round(elapsed, 3),
+        },
+    )
+
+
 SCENARIOS: dict[str, tuple[str, Callable[[Bench], ScenarioResult]]] = {
     "S1": ("cache hit vs framework floor", s1_cache_hit),
     "S2": ("cold sessions vs framework floor", s2_cold_sessions),
@@ -688,6 +777,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Bench], ScenarioResult]]] = {
     "S5": ("memory and soak", s5_memory),
     "S6": ("start-up", s6_startup),
     "S7": ("repeat page loads", s7_repeat_loads),
+    "S8": ("fleet herd", s8_fleet_herd),
 }
 
 __all__ = ["SCENARIOS", "BrokerCounts", "Row", "ScenarioResult"]

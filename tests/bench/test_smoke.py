@@ -2,7 +2,7 @@
 
 This checks the machinery, never the speed: every scenario runs and is reported in
 RESULTS.md and results.json (written to a temp dir, so the committed bench/RESULTS.md
-is left alone), and the count-based targets hold (S4 and S7: exactly one vendor call).
+is left alone), and the count-based targets hold (S4, S7 and S8: exactly one vendor call).
 Without wrk the test fails under CI (which installs it) and is skipped elsewhere.
 """
 
@@ -18,11 +18,13 @@ from typing import Any
 
 import pytest
 
+from tests.support.tools import require_tool
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
+SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8")
 COMMITTED_RESULTS = REPO_ROOT / "bench" / "RESULTS.md"
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
+pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(400)]
 
 
 def _require_wrk() -> None:
@@ -59,6 +61,7 @@ class SmokeRun:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
     _require_wrk()
+    require_tool("redis-server")  # S8 starts its own
     output_dir = tmp_path_factory.mktemp("bench-results")
     work_dir = tmp_path_factory.mktemp("bench-work")
     committed_before = _snapshot(COMMITTED_RESULTS)
@@ -123,6 +126,17 @@ def test_thundering_herd_makes_exactly_one_vendor_call(smoke_run: SmokeRun) -> N
     assert herd["vendor_calls"] == 1
     assert herd["statuses"] == {"200": 500}
     assert herd["distinct_tokens"] == 1
+    assert herd["status"] == "pass"
+
+
+def test_fleet_herd_makes_exactly_one_vendor_call_across_three_brokers(
+    smoke_run: SmokeRun,
+) -> None:
+    herd = smoke_run.document()["scenarios"]["S8"]
+    assert herd["vendor_calls"] == 1
+    assert herd["statuses"] == {"200": 300}
+    assert herd["distinct_tokens"] == 1
+    assert herd["fleet_roles"]["leader"] == 1
     assert herd["status"] == "pass"
 
 
