@@ -200,6 +200,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.observability.logging import configure_logging, logging_config
+    from app.outbound import OutboundConfigError, OutboundOptions, check_outbound
 
     _export_overrides(args)
     settings = _settings_or_report()
@@ -207,6 +208,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if _load_or_report(settings.config) is None:
         return EXIT_INVALID
+    try:
+        check_outbound(OutboundOptions.from_settings(settings))
+    except OutboundConfigError as exc:
+        return _fail(f"invalid environment settings: {exc}")
     problem = listen_problem(settings.host, settings.port)
     if problem is not None:
         return _fail(problem)

@@ -24,7 +24,7 @@ from app.config.models import CacheConfig, ServiceConfig
 from app.errors import BrokerError, InternalError, RateLimited
 from app.observability.metrics import Metrics
 from app.policy import EmbedRule, Policy, TokenPlan, User
-from app.providers.base import BaseProvider, Element
+from app.providers.base import AnyProvider, Element
 from app.providers.errors import ProviderError
 from app.providers.mapping import to_broker_error
 from app.resilience import VendorCaller
@@ -83,7 +83,7 @@ class PolicyInForce(Protocol):
     @property
     def policy(self) -> Policy: ...
     @property
-    def providers(self) -> Mapping[str, BaseProvider]: ...
+    def providers(self) -> Mapping[str, AnyProvider]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +139,7 @@ class PlanMemo:
 
 
 def plan_request(
-    policy: Policy, provider: BaseProvider, user: User, tenant: str, rule: EmbedRule
+    policy: Policy, provider: AnyProvider, user: User, tenant: str, rule: EmbedRule
 ) -> tuple[TokenPlan, PlannedRequest]:
     """The vendor request for this user, tenant and embed, rendered but not sent, with
     its region and token-cache key: the step a dry run shares with issuing. The key
@@ -250,7 +250,7 @@ class TokenFlow:
         )
 
     def _plan(
-        self, policy: Policy, provider: BaseProvider, user: User, tenant: str, rule: EmbedRule
+        self, policy: Policy, provider: AnyProvider, user: User, tenant: str, rule: EmbedRule
     ) -> tuple[PlannedRequest, TokenPlan | None]:
         """Where this user's vendor request goes and its cache key, plus the rendered
         request when it was rendered now (None when the memo answered)."""
@@ -267,7 +267,7 @@ class TokenFlow:
     async def _obtain(
         self,
         plan_for_vendor: Callable[[], TokenPlan],
-        provider: BaseProvider,
+        provider: AnyProvider,
         planned: PlannedRequest,
         cache_config: CacheConfig,
     ) -> tuple[Obtained, CacheState]:

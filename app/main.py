@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
+import httpx
 from fastapi import FastAPI
 
 from app.api import client, metrics, probes, tokens
@@ -19,8 +21,9 @@ from app.api.routing import TokenRouter
 from app.collector import ServingCollector
 from app.config.loader import load_policy_file
 from app.observability.metrics import Metrics
+from app.outbound import OutboundOptions, create_outbound_client, outbound_description
 from app.reload import PolicyReloader
-from app.runtime import Runtime, vendor_http_client, vendor_transport
+from app.runtime import Runtime
 from app.settings import Settings
 from app.version import package_version
 
@@ -32,8 +35,14 @@ class State(TypedDict):
     metrics: Metrics
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the ASGI app. Settings come from the environment unless given."""
+def create_app(
+    settings: Settings | None = None, *, http_client: httpx.AsyncClient | None = None
+) -> FastAPI:
+    """Build the ASGI app. Settings come from the environment unless given.
+
+    ``http_client`` replaces the outbound client the lifespan would build from the
+    ``BROKER_OUTBOUND_*`` settings (tests, benchmarks); its owner closes it.
+    """
     settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
@@ -42,15 +51,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics = Metrics.create(
             redis=settings.redis_url is not None, embed_labels=settings.metrics_embed_labels
         )
-        transport = vendor_transport()
-        async with vendor_http_client(transport) as http:
-            runtime = await Runtime.start(settings, config, http, transport, metrics)
+        async with contextlib.AsyncExitStack() as owned:
+            http = http_client
+            if http is None:
+                http = create_outbound_client(OutboundOptions.from_settings(settings))
+                owned.push_async_callback(http.aclose)
+            runtime = await Runtime.start(settings, config, http, metrics)
             reloader = PolicyReloader(runtime, settings.config, settings.reload_interval_seconds)
             try:
                 await reloader.start()
                 # Last: what start-up built is frozen out of later collections.
                 async with ServingCollector(settings.gc_full_interval_seconds):
-                    log.info("broker.started", extra={"config": str(settings.config)})
+                    log.info(
+                        "broker.started",
+                        extra={
+                            "config": str(settings.config),
+                            "outbound": outbound_description(http),
+                        },
+                    )
                     yield {"runtime": runtime, "metrics": metrics}
             finally:
                 await reloader.aclose()

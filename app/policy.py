@@ -23,6 +23,7 @@ from app.config.templates import (
     STATIC_ROOTS,
     Missing,
     Reference,
+    Resolver,
     compile_tree,
     deep_merge,
     lookup_path,
@@ -215,7 +216,7 @@ def _claim_name(ref: Reference) -> str:
     return repr(ref.path[0])
 
 
-def _user_resolver(user: User) -> Any:
+def _user_resolver(user: User) -> Resolver:
     def resolve(ref: Reference) -> Any:
         field = ref.path[0]
         if field == "id":

@@ -2,8 +2,9 @@
 
 operations.md "Calling vendors":
 
-- retries only for technical failures (connect error, timeout before an answer,
-  502/503/504), at most 2, exponential backoff with full jitter, all inside one overall
+- retries only what :attr:`ProviderError.retryable` allows (the one rule, in
+  :mod:`app.providers.errors`: connect error, timeout before an answer, 502/503/504),
+  at most 2, exponential backoff with full jitter, all inside one overall
   deadline (the provider's ``timeout_seconds``); never a 4xx; never a vendor 429;
 - a circuit breaker per provider and region: 5 consecutive technical failures open it
   for 30 s (fail fast: :class:`ProviderUnavailable` with the time left), then exactly one
@@ -38,10 +39,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from app.observability.metrics import Metrics
-from app.providers.base import IssuedToken, ProviderConfigBase
+from app.providers.base import AnyProvider, IssuedToken
 from app.providers.errors import (
     LogicalError,
     ProviderAuthFailed,
@@ -53,6 +54,7 @@ from app.providers.errors import (
     ProviderServerError,
     ProviderTimeout,
     ProviderUnavailable,
+    RETRYABLE_STATUSES,
     TechnicalError,
 )
 
@@ -63,7 +65,6 @@ OPEN_SECONDS = 30.0
 MAX_RETRIES = 2
 BACKOFF_BASE_SECONDS = 0.1
 BACKOFF_CAP_SECONDS = 1.0
-RETRYABLE_STATUSES = frozenset({502, 503, 504})
 VENDOR_DOWN_STATUSES = RETRYABLE_STATUSES
 """The statuses that count against the circuit breaker (with connect errors, timeouts)."""
 SATURATED_RETRY_AFTER_SECONDS = 1.0
@@ -184,20 +185,6 @@ class CircuitBreaker:
         return {"provider": self.provider, "region": self.region}
 
 
-class IssuingProvider(Protocol):
-    """What :class:`VendorCaller` needs of a provider (``BaseProvider`` fits)."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def config(self) -> ProviderConfigBase: ...
-
-    async def issue(
-        self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
-    ) -> IssuedToken: ...
-
-
 def _status_label(exc: ProviderError) -> str:
     if isinstance(exc, ProviderServerError | ProviderRejected | ProviderAuthFailed):
         return str(exc.status)
@@ -210,12 +197,6 @@ def _status_label(exc: ProviderError) -> str:
     if isinstance(exc, ProviderBadResponse):
         return "bad_response"
     return "error"
-
-
-def _is_retryable(exc: ProviderError) -> bool:
-    if isinstance(exc, ProviderConnectError | ProviderTimeout):
-        return True
-    return isinstance(exc, ProviderServerError) and exc.status in RETRYABLE_STATUSES
 
 
 def signals_vendor_down(exc: ProviderError) -> bool:
@@ -269,7 +250,7 @@ class VendorCaller:
 
     async def issue(
         self,
-        provider: IssuingProvider,
+        provider: AnyProvider,
         body: Mapping[str, Any],
         ttl_seconds: int,
         region: str | None,
@@ -311,7 +292,7 @@ class VendorCaller:
 
     async def _attempts(
         self,
-        provider: IssuingProvider,
+        provider: AnyProvider,
         body: Mapping[str, Any],
         ttl_seconds: int,
         region: str | None,
@@ -351,7 +332,7 @@ class VendorCaller:
                     breaker.record_failure()
                 else:
                     breaker.record_neutral(trial=trial)
-                if not _is_retryable(exc) or retry >= MAX_RETRIES:
+                if not exc.retryable or retry >= MAX_RETRIES:
                     raise
                 pause = self.backoff(retry)
                 if self._clock() + pause >= deadline:
@@ -381,7 +362,7 @@ class VendorCaller:
             breaker.record_success()
             return issued
 
-    def _deadline_passed(self, provider: IssuingProvider, region: str | None) -> ProviderTimeout:
+    def _deadline_passed(self, provider: AnyProvider, region: str | None) -> ProviderTimeout:
         return ProviderTimeout(
             f"no vendor answer within {provider.config.timeout_seconds:g} s",
             provider=provider.name,

@@ -21,8 +21,9 @@ from app.auth import JwksStore, SessionVerifier
 from app.config.models import PolicyConfig
 from app.issuance import Obtained, TokenFlow
 from app.observability.metrics import Metrics
+from app.outbound import outbound_description
 from app.policy import Policy
-from app.providers.base import BaseProvider
+from app.providers.base import AnyProvider
 from app.providers.registry import provider_class
 from app.resilience import VendorCaller
 from app.settings import Settings
@@ -30,7 +31,6 @@ from app.state.cache import MemoryTokenCache, RedisTokenCache, TokenCache
 from app.state.fleet import FleetSingleFlight
 from app.state.ratelimit import RateLimiter
 from app.state.redis import RedisHealth
-from app.transport import LeanTransport, NoCookies
 
 log = logging.getLogger("token_broker.runtime")
 
@@ -42,39 +42,15 @@ class ActivePolicy:
     config: PolicyConfig
     policy: Policy
     verifier: SessionVerifier
-    providers: Mapping[str, BaseProvider]
+    providers: Mapping[str, AnyProvider]
     loaded_at: float
-
-
-def vendor_transport() -> LeanTransport:
-    """The one outbound connection pool of the process (vendor token calls and JWKS)."""
-    return LeanTransport(max_connections=512, keepalive_expiry=30.0)
-
-
-def vendor_http_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """An httpx client over ``transport`` for the JWKS fetches (vendor token calls use the
-    transport directly: app.providers.http.post_json).
-
-    Per-call timeouts come from each caller; these defaults only bound what does not set
-    its own. Redirects are not followed: a JWKS endpoint that redirects is
-    misconfigured. Closing the client closes the transport.
-    """
-    return httpx.AsyncClient(
-        transport=transport if transport is not None else vendor_transport(),
-        cookies=NoCookies(),
-        timeout=httpx.Timeout(5.0, connect=2.0),
-        follow_redirects=False,
-        # Identity encoding: size caps on bodies then bound what is actually held in
-        # memory (a small gzip body can inflate a thousandfold).
-        headers={"User-Agent": "token-broker", "Accept-Encoding": "identity"},
-    )
 
 
 @dataclass(eq=False)
 class Runtime:
     settings: Settings
     http: httpx.AsyncClient
-    transport: httpx.AsyncBaseTransport
+    """The one outbound client: every vendor and JWKS call (app.outbound)."""
     metrics: Metrics
     jwks: JwksStore
     redis: RedisHealth | None
@@ -92,10 +68,9 @@ class Runtime:
         settings: Settings,
         config: PolicyConfig,
         http: httpx.AsyncClient,
-        transport: httpx.AsyncBaseTransport,
         metrics: Metrics,
     ) -> Runtime:
-        """``http`` (JWKS) and ``transport`` (vendor calls) share one connection pool."""
+        """``http`` carries every outbound call; the caller owns (and closes) it."""
         redis: RedisHealth | None = None
         local_cache = MemoryTokenCache(config.cache.max_entries)
         token_cache: TokenCache = local_cache
@@ -123,7 +98,6 @@ class Runtime:
         runtime = cls(
             settings=settings,
             http=http,
-            transport=transport,
             metrics=metrics,
             jwks=JwksStore(http, metrics),
             redis=redis,
@@ -150,7 +124,7 @@ class Runtime:
         verifier = SessionVerifier(config.session, self.jwks, metrics=self.metrics)
         await verifier.start()
         providers = {
-            name: provider_class(block.type)(name, block, self.transport)
+            name: provider_class(block.type)(name, block, http_client=self.http)
             for name, block in config.providers.items()
         }
         return ActivePolicy(
@@ -184,4 +158,6 @@ class Runtime:
         # A Redis outage degrades to in-process state; it must not take every replica
         # out of the load balancer (operations.md), so it is reported, not failed.
         checks["redis"] = self.redis.status if self.redis is not None else "not configured"
+        # Which proxy (never its credentials) and transport carry vendor and JWKS calls.
+        checks["outbound"] = outbound_description(self.http)
         return not missing, checks

@@ -20,6 +20,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from app.outbound import check_ca_bundle, check_client_identity, check_proxy_url
 from app.state.redis_url import parse_redis_url
 
 ENV_PREFIX = "BROKER_"
@@ -66,12 +67,53 @@ class Settings(BaseSettings):
     embeds so that names cannot be enumerated; an operator who keeps ``/metrics``
     private may opt in."""
 
+
+    outbound_proxy: SecretStr | None = None
+    """Proxy URL for every outbound call; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply."""
+    outbound_ca_bundle: Path | None = None
+    """Extra CA certificates (PEM) trusted for outbound TLS, besides the system store."""
+    outbound_client_cert: Path | None = None
+    """Client certificate (PEM; may hold the key too) for vendors behind mTLS."""
+    outbound_client_key: Path | None = Field(default=None, validate_default=True)
+
+    @field_validator("outbound_proxy")
+    @classmethod
+    def _proxy_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_proxy_url(value.get_secret_value())
+        return value
+
+    @field_validator("outbound_ca_bundle")
+    @classmethod
+    def _ca_bundle(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            check_ca_bundle(value)
+        return value
+
+    @field_validator("outbound_client_key")
+    @classmethod
+    def _client_identity(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        cert = info.data.get("outbound_client_cert")
+        if value is not None and cert is None:
+            raise ValueError("set BROKER_OUTBOUND_CLIENT_CERT with it")
+        if cert is not None:
+            check_client_identity(cert, value)
+        return value
+
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
-    @field_validator("redis_url", "cache_encryption_key", mode="before")
+    @field_validator(
+        "redis_url",
+        "cache_encryption_key",
+        "outbound_proxy",
+        "outbound_ca_bundle",
+        "outbound_client_cert",
+        "outbound_client_key",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

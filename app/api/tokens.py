@@ -20,6 +20,7 @@ from app.api.problems import NO_STORE_HEADERS
 from app.api.routing import TokenRoute
 from app.api.schemas import InternalTokenRequest, TokenRequest
 from app.auth import extract_session_token
+from app.auth.session import SessionUser
 from app.config.models import ServiceConfig
 from app.errors import AuthenticationError, InvalidRequest, InvalidServiceKey, OriginNotAllowed
 from app.issuance import Grant, rate_limit_headers
@@ -73,7 +74,7 @@ def _token_response(grant: Grant) -> Response:
     return JsonResponse(body, rate_limit_headers(grant.rate))
 
 
-async def _session_user(request: Request, runtime: Runtime, active: ActivePolicy) -> Any:
+async def _session_user(request: Request, runtime: Runtime, active: ActivePolicy) -> SessionUser:
     session = active.config.session
     try:
         token = extract_session_token(

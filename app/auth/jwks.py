@@ -1,6 +1,7 @@
 """JWKS caches, one per (issuer, jwks_url), owned by a process-wide :class:`JwksStore`.
 
-- Fetched with the shared ``httpx.AsyncClient``; the body is capped and validated
+- Fetched with the process's outbound ``httpx.AsyncClient`` (app.outbound: proxies, CA
+  bundle, client certificate); the body is capped and validated
   (a JSON object with a ``keys`` list; malformed or unusable keys are skipped).
 - Cached for the server's ``Cache-Control: max-age`` bounded to 5 min … 24 h (10 min
   when absent) and refreshed by a background task at 80 % of that lifetime.
@@ -185,6 +186,8 @@ class JwksSource:
             key_set, max_age = await self._fetch()
         except JwksFetchError as exc:
             self._record_failure(exc.outcome)
+        except httpx.ProxyError as exc:
+            self._record_failure("proxy_error", str(exc))  # names the proxy, not the IdP
         except httpx.HTTPError as exc:
             self._record_failure("unreachable", type(exc).__name__)
         except Exception as exc:  # never let a refresher die on a surprise

@@ -1,1 +1,1 @@
-"""Vendor token APIs, one module per vendor behind :class:`TokenProvider`."""
+"""Vendor token APIs, one module per vendor behind :class:`~app.providers.base.BaseProvider`."""

@@ -1,4 +1,12 @@
-"""The interface every vendor module implements, and the shapes they share."""
+"""The one interface every vendor module implements, and the shapes they share.
+
+A vendor module subclasses :class:`BaseProvider` with its config model as the type
+argument (``class EmbeddableProvider(BaseProvider[EmbeddableConfig])``). A provider
+object is one ``providers.<name>`` block bound to the process's outbound client
+(``http_client=``, injected by the runtime; tests inject their own). It makes one
+vendor call per :meth:`~BaseProvider.issue`; retries, breakers and concurrency bounds
+are :mod:`app.resilience`'s, from :attr:`ProviderError.retryable`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,7 @@ import abc
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import httpx
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
@@ -145,46 +153,21 @@ class EmbedElementConfig(StrictModel):
     metric_id: str | None = Field(default=None, min_length=1, max_length=256)
 
 
-class TokenProvider(Protocol):
-    """One configured vendor (a ``providers.<name>`` block) bound to the shared client."""
-
-    type_name: ClassVar[str]
-    name: str
-
-    @classmethod
-    def validate_request(
-        cls, body: Mapping[str, Any], *, allow_unknown_fields: bool = False
-    ) -> tuple[str, ...]:
-        """Raise ValueError naming the field when ``body`` (without expiry) is not valid;
-        return the unknown fields let through (only with ``allow_unknown_fields``)."""
-        ...
-
-    @classmethod
-    def validate_element(cls, element: EmbedElementConfig | None) -> None:
-        """Raise ValueError when an embed's ``element`` block does not fit this vendor."""
-        ...
-
-    async def issue(
-        self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
-    ) -> IssuedToken:
-        """Call the vendor once (no retries: the issuance layer owns those)."""
-        ...
-
-    def element(self, element: EmbedElementConfig | None, region: str | None) -> Element: ...
+ConfigT = TypeVar("ConfigT", bound=ProviderConfigBase, covariant=True)
 
 
-class BaseProvider(abc.ABC):
-    """Shared constructor and class-level hooks; the registry holds subclasses of this."""
+class BaseProvider(abc.ABC, Generic[ConfigT]):
+    """One configured vendor; the registry maps ``type:`` to subclasses of this."""
 
     type_name: ClassVar[str]
     config_model: ClassVar[type[ProviderConfigBase]]
     token_path: ClassVar[str]
     """Appended to the account's base URL: the vendor's token endpoint."""
 
-    def __init__(self, name: str, config: Any, transport: httpx.AsyncBaseTransport) -> None:
+    def __init__(self, name: str, config: ConfigT, *, http_client: httpx.AsyncClient) -> None:
         self.name = name
-        self.config = config
-        self._transport = transport
+        self.config: ConfigT = config
+        self._http = http_client
         self._fingerprints: dict[str | None, str] = {}
         self._endpoints: dict[str | None, VendorEndpoint] = {}
 
@@ -192,19 +175,25 @@ class BaseProvider(abc.ABC):
     @abc.abstractmethod
     def validate_request(
         cls, body: Mapping[str, Any], *, allow_unknown_fields: bool = False
-    ) -> tuple[str, ...]: ...
+    ) -> tuple[str, ...]:
+        """Raise ValueError naming the field when ``body`` (without expiry) is not valid
+        (at load time); return the unknown fields let through (only with
+        ``allow_unknown_fields``)."""
 
     @classmethod
     @abc.abstractmethod
-    def validate_element(cls, element: EmbedElementConfig | None) -> None: ...
+    def validate_element(cls, element: EmbedElementConfig | None) -> None:
+        """Raise ValueError when an embed's ``element`` block does not fit this vendor."""
 
     @abc.abstractmethod
     async def issue(
         self, body: Mapping[str, Any], ttl_seconds: int, region: str | None
-    ) -> IssuedToken: ...
+    ) -> IssuedToken:
+        """Call the vendor once; raise only :class:`~app.providers.errors.ProviderError`."""
 
     @abc.abstractmethod
-    def element(self, element: EmbedElementConfig | None, region: str | None) -> Element: ...
+    def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
+        """The web component the front end renders for a token of ``region``."""
 
     @abc.abstractmethod
     def account(self, region: str | None) -> tuple[str, SecretStr]:
@@ -235,3 +224,7 @@ class BaseProvider(abc.ABC):
             digest = hashlib.sha256(f"{base_url}\0{key.get_secret_value()}".encode())
             found = self._fingerprints[region] = digest.hexdigest()[:32]
         return found
+
+
+AnyProvider = BaseProvider[ProviderConfigBase]
+"""A provider of any vendor (what the runtime, issuance and resilience layers hold)."""

@@ -136,12 +136,10 @@ class DatabrainRequest(StrictModel):
     datasourceName: str | None = None
 
 
-class DatabrainProvider(BaseProvider):
+class DatabrainProvider(BaseProvider[DatabrainConfig]):
     type_name: ClassVar[str] = TYPE_NAME
     config_model: ClassVar[type[ProviderConfigBase]] = DatabrainConfig
     token_path: ClassVar[str] = TOKEN_PATH
-
-    config: DatabrainConfig
 
     def __repr__(self) -> str:
         return f"DatabrainProvider(name={self.name!r}, base_url={mask_url(self.config.base_url)!r})"
@@ -167,7 +165,7 @@ class DatabrainProvider(BaseProvider):
         endpoint = self.endpoint(region)
         context = endpoint.context
         started = time.time()
-        response = await post_json(self._transport, endpoint, vendor_body(body, ttl_seconds))
+        response = await post_json(self._http, endpoint, vendor_body(body, ttl_seconds))
         raise_for_failure(response, context, error_fields, is_credential_error)
         payload = response.json()
         if isinstance(payload, dict) and payload.get("error") is not None:

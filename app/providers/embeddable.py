@@ -151,17 +151,15 @@ class EmbeddableRequest(StrictModel):
         return self
 
 
-class EmbeddableProvider(BaseProvider):
+class EmbeddableProvider(BaseProvider[EmbeddableConfig]):
     type_name: ClassVar[str] = TYPE_NAME
     config_model: ClassVar[type[ProviderConfigBase]] = EmbeddableConfig
     token_path: ClassVar[str] = TOKEN_PATH
 
-    config: EmbeddableConfig
-
     def __init__(
-        self, name: str, config: EmbeddableConfig, transport: httpx.AsyncBaseTransport
+        self, name: str, config: EmbeddableConfig, *, http_client: httpx.AsyncClient
     ) -> None:
-        super().__init__(name, config, transport)
+        super().__init__(name, config, http_client=http_client)
         self._elements: dict[str, Element] = {}
 
     def __repr__(self) -> str:
@@ -188,7 +186,7 @@ class EmbeddableProvider(BaseProvider):
         endpoint = self.endpoint(region_name)
         context = endpoint.context
         started = time.time()
-        response = await post_json(self._transport, endpoint, vendor_body(body, ttl_seconds))
+        response = await post_json(self._http, endpoint, vendor_body(body, ttl_seconds))
         raise_for_failure(response, context, error_fields, refused_credential)
         token = token_from_body(response, context)
         expires_at = started + ttl_seconds

@@ -1,17 +1,21 @@
 """What a vendor call can fail with.
 
-Providers raise only these; the issuance layer decides about retries from the split
-between *technical* failures (the call may work if tried again) and *logical* ones
-(trying again gives the same answer), and the API layer maps them to api.md codes.
+Providers raise only these; :mod:`app.resilience` decides about retries and the circuit
+breaker from them, and the API layer maps them to api.md codes. *Technical* failures
+say something about the vendor's (or the network's) health; *logical* ones are the
+vendor's considered answer. Whether a failure is retried is one rule, the
+``retryable`` attribute, and only the marked ones are (never a 4xx, never a 429, never
+a 500 that one request body provokes)::
 
-    ProviderError
-    ├── TechnicalError              retryable
-    │   ├── ProviderConnectError        could not connect / connection dropped before an answer
-    │   ├── ProviderTimeout             no answer within the timeout
-    │   ├── ProviderServerError         5xx                      (status)
-    │   ├── ProviderRateLimited         429                      (retry_after_seconds)
-    │   └── ProviderUnavailable         broker-side: circuit open, too many calls in flight
-    └── LogicalError                not retryable
+    ProviderError                                              retryable
+    ├── TechnicalError
+    │   ├── ProviderConnectError        no connection / dropped before an answer   yes
+    │   │   └── ProviderProxyError          the outbound proxy failed                  yes
+    │   ├── ProviderTimeout             no answer within the timeout               yes
+    │   ├── ProviderServerError         5xx (status)                 502, 503, 504 only
+    │   ├── ProviderRateLimited         429 (retry_after_seconds)                  no
+    │   └── ProviderUnavailable         broker-side: circuit open, calls in flight  no
+    └── LogicalError                                                           no
         ├── ProviderRejected            any other 4xx but 429: the body was refused (status, vendor_code)
         ├── ProviderAuthFailed          the vendor's credential error: the API key was refused
         │                               (Embeddable 401; Databrain AUTHENTICATION_ERROR, ...)
@@ -22,11 +26,16 @@ Messages are short and scrubbed: never an API key, a token, or a raw vendor body
 
 from __future__ import annotations
 
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+"""Gateway answers: the vendor (or its load balancer) is briefly away. A plain 500 is
+not retried: it is as often an answer to this one body as an outage."""
+
 
 class ProviderError(Exception):
     """A vendor token call failed."""
 
     retryable: bool = False
+    """May the same call succeed if made again at once? (the one retry rule)"""
 
     def __init__(self, message: str, *, provider: str, region: str | None = None) -> None:
         super().__init__(message)
@@ -36,15 +45,20 @@ class ProviderError(Exception):
 
 
 class TechnicalError(ProviderError):
-    retryable = True
+    """About the vendor's or the network's health (the circuit breaker counts these)."""
 
 
 class ProviderConnectError(TechnicalError):
-    pass
+    retryable = True
+
+
+class ProviderProxyError(ProviderConnectError):
+    """The outbound proxy refused or failed; the vendor was never reached. The message
+    names the proxy (scheme, host, port; never its credentials)."""
 
 
 class ProviderTimeout(TechnicalError):
-    pass
+    retryable = True
 
 
 class ProviderServerError(TechnicalError):
@@ -60,6 +74,7 @@ class ProviderServerError(TechnicalError):
         super().__init__(message, provider=provider, region=region)
         self.status = status
         self.vendor_code = vendor_code
+        self.retryable = status in RETRYABLE_STATUSES
 
 
 class ProviderRateLimited(TechnicalError):
@@ -88,7 +103,7 @@ class ProviderUnavailable(TechnicalError):
 
 
 class LogicalError(ProviderError):
-    retryable = False
+    """The vendor's considered answer: the same call gets the same answer."""
 
 
 class ProviderRejected(LogicalError):

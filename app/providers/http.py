@@ -31,6 +31,7 @@ from app.providers.errors import (
     ProviderBadResponse,
     ProviderConnectError,
     ProviderError,
+    ProviderProxyError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderServerError,
@@ -156,15 +157,16 @@ class VendorEndpoint:
 
 
 async def post_json(
-    transport: httpx.AsyncBaseTransport, endpoint: VendorEndpoint, body: Mapping[str, Any]
+    client: httpx.AsyncClient, endpoint: VendorEndpoint, body: Mapping[str, Any]
 ) -> VendorResponse:
-    """POST ``body`` as JSON once; read at most MAX_RESPONSE_BYTES of the answer.
+    """POST ``body`` as JSON once over the process's outbound client; read at most
+    MAX_RESPONSE_BYTES of the answer.
 
-    One request on httpx's transport interface: a token call is a single stateless
-    exchange, so the client's cookie jar, redirect and auth flows have nothing to do
-    (and no cookie or redirect can happen by accident). Transport failures become
-    ProviderConnectError / ProviderTimeout; any status is returned as is. The httpx
-    exception is not chained: its request carries the key.
+    Through the client, so its proxy routes, TLS settings and pool apply; it keeps no
+    cookies and follows no redirects (app.outbound). Transport failures become
+    ProviderConnectError (ProviderProxyError when the proxy failed) / ProviderTimeout;
+    any status is returned as is. The httpx exception is not chained: its request
+    carries the key.
     """
     context = endpoint.context
     request = httpx.Request(
@@ -178,13 +180,15 @@ async def post_json(
     try:
         # httpx's timeouts bound each read; this bounds the whole call (slow-drip bodies).
         async with asyncio.timeout(endpoint.timeout_seconds):
-            return await _exchange(transport, request)
+            return await _exchange(client, request)
     except (httpx.TimeoutException, TimeoutError):
         failure = ProviderTimeout(
             f"no answer within {endpoint.timeout_seconds:g} s",
             provider=context.provider,
             region=context.region,
         )
+    except httpx.ProxyError as exc:
+        failure = ProviderProxyError(str(exc), provider=context.provider, region=context.region)
     except httpx.TransportError as exc:
         failure = ProviderConnectError(
             f"connection failed before an answer ({type(exc).__name__})",
@@ -194,13 +198,19 @@ async def post_json(
     raise failure
 
 
-async def _exchange(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> VendorResponse:
-    response = await transport.handle_async_request(request)
+async def _exchange(client: httpx.AsyncClient, request: httpx.Request) -> VendorResponse:
+    response = await client.send(request, stream=True)
     try:
         body, complete = await _read_bounded(response)
     finally:
         await response.aclose()
+        # httpx's client binds the stream to its response (a reference cycle): cut it,
+        # so the call is freed by reference counting, not by a pausing full collection.
+        response.stream = _DONE
     return VendorResponse(response.status_code, response.headers, body, complete)
+
+
+_DONE = httpx.ByteStream(b"")
 
 
 async def _read_bounded(response: httpx.Response) -> tuple[bytes, bool]:

@@ -20,6 +20,7 @@ from app.providers.errors import (
     ProviderBadResponse,
     ProviderConnectError,
     ProviderError,
+    ProviderProxyError,
     ProviderRateLimited,
     ProviderRejected,
     ProviderServerError,
@@ -64,6 +65,11 @@ def to_broker_error(exc: ProviderError) -> UpstreamError:
     if isinstance(exc, ProviderServerError):
         return UpstreamUnavailable(
             f"{vendor} failed ({exc.message})",
+            retry_after_seconds=DEFAULT_RETRY_AFTER_SECONDS,
+        )
+    if isinstance(exc, ProviderProxyError):
+        return UpstreamUnavailable(
+            f"{exc.message}; {vendor} was not reached",
             retry_after_seconds=DEFAULT_RETRY_AFTER_SECONDS,
         )
     if isinstance(exc, ProviderConnectError):

@@ -7,12 +7,12 @@ from typing import Annotated
 
 from pydantic import Field
 
-from app.providers.base import BaseProvider
+from app.providers.base import AnyProvider
 from app.providers.databrain import DatabrainConfig, DatabrainProvider
 from app.providers.embeddable import EmbeddableConfig, EmbeddableProvider
 from app.providers.metabase import MetabaseConfig, MetabaseProvider
 
-PROVIDER_TYPES: Mapping[str, type[BaseProvider]] = {
+PROVIDER_TYPES: Mapping[str, type[AnyProvider]] = {
     EmbeddableProvider.type_name: EmbeddableProvider,
     DatabrainProvider.type_name: DatabrainProvider,
     MetabaseProvider.type_name: MetabaseProvider,
@@ -25,7 +25,7 @@ ProviderConfig = Annotated[
 ]
 
 
-def provider_class(type_name: str) -> type[BaseProvider]:
+def provider_class(type_name: str) -> type[AnyProvider]:
     try:
         return PROVIDER_TYPES[type_name]
     except KeyError:

@@ -42,7 +42,7 @@ from app.errors import BrokerError
 from app.issuance import Grant, TokenFlow
 from app.observability.metrics import Metrics
 from app.policy import Policy, ServiceUser, User
-from app.providers.base import BaseProvider
+from app.providers.base import AnyProvider
 from app.providers.registry import provider_class
 from app.resilience import VendorCaller
 from app.state.cache import MemoryTokenCache
@@ -910,9 +910,9 @@ async def run_scenario(config: PolicyConfig, scenario: Scenario) -> Run:
         metrics=metrics,
     )
     vendors = FakeVendors()
-    transport = httpx.MockTransport(vendors.handle)
-    providers: dict[str, BaseProvider] = {
-        name: provider_class(block.type)(name, block, transport)
+    client = httpx.AsyncClient(transport=httpx.MockTransport(vendors.handle))
+    providers: dict[str, AnyProvider] = {
+        name: provider_class(block.type)(name, block, http_client=client)
         for name, block in config.providers.items()
     }
     active = InForce(policy, providers)

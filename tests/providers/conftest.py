@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from app.runtime import vendor_transport
+from app.outbound import OutboundOptions, create_outbound_client
 from tests.sandbox.harness import Sandbox, running_sandbox
 
 
@@ -21,7 +21,7 @@ def sandbox(sandbox_server: Sandbox) -> Sandbox:
 
 
 @pytest.fixture
-async def client() -> AsyncIterator[httpx.AsyncBaseTransport]:
-    """The broker's own outbound transport (vendor calls go through it directly)."""
-    async with vendor_transport() as shared:
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    """The broker's own outbound client (no proxy from the environment: hermetic)."""
+    async with create_outbound_client(OutboundOptions(trust_env=False)) as shared:
         yield shared

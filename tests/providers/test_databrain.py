@@ -74,7 +74,7 @@ MINIMAL = {"clientId": "acme", "dataAppName": "opsapp"}
 
 
 def provider(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, *, api_key: str = DATABRAIN_KEY
+    sandbox: Sandbox, client: httpx.AsyncClient, *, api_key: str = DATABRAIN_KEY
 ) -> DatabrainProvider:
     config = DatabrainConfig.model_validate(
         {
@@ -84,11 +84,11 @@ def provider(
             "timeout_seconds": 3,
         }
     )
-    return DatabrainProvider("databrain", config, client)
+    return DatabrainProvider("databrain", config, http_client=client)
 
 
 async def test_every_documented_field_reaches_the_vendor_with_its_type(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     before = time.time()
     issued = await provider(sandbox, client).issue(FULL_BODY, 600, "eu")
@@ -105,7 +105,7 @@ async def test_every_documented_field_reaches_the_vendor_with_its_type(
 
 
 async def test_the_expiry_is_always_set_in_milliseconds(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     await provider(sandbox, client).issue({**MINIMAL, "datasourceName": None}, 45, None)
 
@@ -113,7 +113,7 @@ async def test_the_expiry_is_always_set_in_milliseconds(
 
 
 async def test_a_wrong_key_is_upstream_auth_failed(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     with pytest.raises(ProviderAuthFailed) as caught:
         await provider(sandbox, client, api_key="not-the-key").issue(MINIMAL, 60, "eu")
@@ -127,7 +127,7 @@ async def test_a_wrong_key_is_upstream_auth_failed(
 
 
 async def test_an_unknown_data_app_is_upstream_rejected_with_the_vendor_code(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
         await provider(sandbox, client).issue({**MINIMAL, "dataAppName": "nosuchapp"}, 60, None)
@@ -160,7 +160,7 @@ async def test_an_unknown_data_app_is_upstream_rejected_with_the_vendor_code(
     ],
 )
 async def test_bodies_the_vendor_rejects_carry_its_code(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, body: dict[str, Any], code: str
+    sandbox: Sandbox, client: httpx.AsyncClient, body: dict[str, Any], code: str
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
         await provider(sandbox, client).issue(body, 60, None)
@@ -194,7 +194,7 @@ DOCUMENTED_ERRORS = [
 @pytest.mark.parametrize(("status", "code", "raised", "broker_code"), DOCUMENTED_ERRORS)
 async def test_every_vendor_error_code_maps_to_its_broker_code(
     sandbox: Sandbox,
-    client: httpx.AsyncBaseTransport,
+    client: httpx.AsyncClient,
     status: int,
     code: str,
     raised: type[ProviderError],
@@ -222,7 +222,7 @@ def test_the_element_is_a_dashboard_or_a_metric() -> None:
     dashboard = EmbedElementConfig(dashboard_id="ops-dash")
     metric = EmbedElementConfig(metric_id="m-7")
     config = DatabrainConfig.model_validate({"type": "databrain", "api_key": DATABRAIN_KEY})
-    built = DatabrainProvider("databrain", config, None)  # type: ignore[arg-type]  # no call made
+    built = DatabrainProvider("databrain", config, http_client=httpx.AsyncClient())  # no call made
 
     assert built.element(dashboard, "eu") == Element("dbn-dashboard", {"dashboard-id": "ops-dash"})
     assert built.element(metric, None) == Element("dbn-metric", {"metric-id": "m-7"})
@@ -237,7 +237,7 @@ def test_a_script_url_is_given_to_the_front_end_with_the_element() -> None:
     config = DatabrainConfig.model_validate(
         {"type": "databrain", "api_key": DATABRAIN_KEY, "script_url": script}
     )
-    built = DatabrainProvider("databrain", config, None)  # type: ignore[arg-type]  # no call made
+    built = DatabrainProvider("databrain", config, http_client=httpx.AsyncClient())  # no call made
 
     assert built.element(EmbedElementConfig(metric_id="m-7"), None) == Element(
         "dbn-metric", {"metric-id": "m-7"}, script
@@ -262,7 +262,7 @@ def test_an_empty_name_or_one_with_control_characters_fails_at_load(name: str) -
 
 
 async def test_a_hyphenated_data_app_name_gets_a_token(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     body = {**MINIMAL, "dataAppName": "sales-dashboard"}
 
@@ -310,7 +310,7 @@ def test_allowing_unknown_fields_still_checks_the_known_ones() -> None:
 
 
 async def test_unknown_fields_are_forwarded_as_written(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     body = {**MINIMAL, "params": {"userIdentifier": "alice", "newParam": {"k": ["v"]}}}
 

@@ -39,7 +39,7 @@ FULL_BODY: dict[str, Any] = {
 
 
 def provider(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, *, keys: dict[str, str] | None = None
+    sandbox: Sandbox, client: httpx.AsyncClient, *, keys: dict[str, str] | None = None
 ) -> EmbeddableProvider:
     keys = keys or {"us": US_KEY, "eu": EU_KEY}
     config = EmbeddableConfig.model_validate(
@@ -52,11 +52,11 @@ def provider(
             },
         }
     )
-    return EmbeddableProvider("embeddable", config, client)
+    return EmbeddableProvider("embeddable", config, http_client=client)
 
 
 async def test_every_documented_field_reaches_the_vendor_with_its_type(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     issued = await provider(sandbox, client).issue(FULL_BODY, 600, "eu")
 
@@ -72,7 +72,7 @@ async def test_every_documented_field_reaches_the_vendor_with_its_type(
 
 
 async def test_the_broker_always_sends_version_context_and_expiry(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     body = {"embeddableId": "dash-1", "user": "bob", "environment": None}
 
@@ -88,7 +88,7 @@ async def test_the_broker_always_sends_version_context_and_expiry(
 
 
 async def test_the_old_dashboard_state_name_is_sent_as_custom_canvas_state(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     body = {"embeddableId": "dash-1", "user": "bob", "dashboardState": "s"}
     EmbeddableProvider.validate_request(body)
@@ -128,7 +128,7 @@ def test_filter_values_must_fit_the_operator_at_load(written: dict[str, Any], pr
 
 
 async def test_a_presence_filter_reaches_the_vendor_without_values(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     filters = [
         {"member": "customers.email", "operator": "set"},
@@ -145,7 +145,7 @@ async def test_a_presence_filter_reaches_the_vendor_without_values(
 
 
 async def test_a_forbidden_answer_is_about_the_request_not_the_key(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     sandbox.fault(vendor="embeddable", status=403, message="embeddable not shared", count=1)
 
@@ -182,7 +182,7 @@ def test_the_allow_unknown_fields_switch_is_off_by_default() -> None:
 
 
 async def test_the_token_is_the_vendor_jwt_and_expires_no_later_than_asked(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     before = time.time()
     issued = await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 300, "eu")
@@ -195,7 +195,7 @@ async def test_the_token_is_the_vendor_jwt_and_expires_no_later_than_asked(
 
 @pytest.mark.parametrize("region", ["us", "eu"])
 async def test_each_region_is_called_at_its_url_with_its_key(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, region: str
+    sandbox: Sandbox, client: httpx.AsyncClient, region: str
 ) -> None:
     await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, region)
 
@@ -206,7 +206,7 @@ async def test_each_region_is_called_at_its_url_with_its_key(
 
 
 async def test_a_key_the_region_refuses_is_upstream_auth_failed(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     swapped = provider(sandbox, client, keys={"eu": US_KEY})
 
@@ -222,7 +222,7 @@ async def test_a_key_the_region_refuses_is_upstream_auth_failed(
 
 
 async def test_a_body_the_vendor_rejects_is_upstream_rejected_with_its_message(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     body = {"embeddableId": "d", "user": "u", "savedVersion": "latest"}
 
@@ -240,7 +240,7 @@ async def test_a_body_the_vendor_rejects_is_upstream_rejected_with_its_message(
 
 @pytest.mark.parametrize("region", [None, "ap"])
 async def test_a_missing_or_unknown_region_is_a_config_bug(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, region: str | None
+    sandbox: Sandbox, client: httpx.AsyncClient, region: str | None
 ) -> None:
     with pytest.raises(ValueError, match="region"):
         await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, region)
@@ -251,14 +251,14 @@ async def test_a_missing_or_unknown_region_is_a_config_bug(
 
 @pytest.mark.parametrize("ttl", [0, -5])
 async def test_a_ttl_that_is_not_positive_is_refused(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, ttl: int
+    sandbox: Sandbox, client: httpx.AsyncClient, ttl: int
 ) -> None:
     with pytest.raises(ValueError, match="ttl_seconds"):
         await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, ttl, "eu")
 
 
 async def test_the_element_is_em_beddable_with_the_region_base_url(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport
+    sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
     assert provider(sandbox, client).element(None, "eu") == Element(
         "em-beddable",
@@ -279,7 +279,7 @@ def test_the_loader_script_follows_the_region_and_is_configurable() -> None:
             },
         }
     )
-    built = EmbeddableProvider("embeddable", config, None)  # type: ignore[arg-type]  # no call made
+    built = EmbeddableProvider("embeddable", config, http_client=httpx.AsyncClient())  # no call made
 
     assert built.element(None, "us").script == "https://embed.embeddable.com/js/v1/?region=US"
     assert built.element(None, "eu").script == "https://cdn.example.com/em.js"
@@ -294,11 +294,11 @@ def test_the_loader_script_follows_the_region_and_is_configurable() -> None:
         )
 
 
-async def test_default_base_urls_follow_the_region(client: httpx.AsyncBaseTransport) -> None:
+async def test_default_base_urls_follow_the_region(client: httpx.AsyncClient) -> None:
     config = EmbeddableConfig.model_validate(
         {"type": "embeddable", "regions": {"us": {"api_key": "k1"}, "eu": {"api_key": "k2"}}}
     )
-    built = EmbeddableProvider("embeddable", config, client)
+    built = EmbeddableProvider("embeddable", config, http_client=client)
     assert built.element(EmbedElementConfig(), "us").attributes == {
         "base-url": "https://api.us.embeddable.com/"
     }
@@ -320,16 +320,16 @@ def test_both_canvas_state_names_at_once_fail_at_load() -> None:
         )
 
 
-async def test_the_api_key_is_not_in_the_repr(client: httpx.AsyncBaseTransport) -> None:
+async def test_the_api_key_is_not_in_the_repr(client: httpx.AsyncClient) -> None:
     config = EmbeddableConfig.model_validate(
         {"type": "embeddable", "regions": {"eu": {"api_key": EU_KEY}}}
     )
-    built = EmbeddableProvider("embeddable", config, client)
+    built = EmbeddableProvider("embeddable", config, http_client=client)
     assert EU_KEY not in repr(built) + repr(config) + str(config)
 
 
 async def test_no_key_or_token_reaches_the_logs(
-    sandbox: Sandbox, client: httpx.AsyncBaseTransport, caplog: pytest.LogCaptureFixture
+    sandbox: Sandbox, client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.DEBUG):
         issued = await provider(sandbox, client).issue({"embeddableId": "d", "user": "u"}, 60, "eu")

@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from app.errors import UpstreamRejected
-from app.providers.base import BaseProvider
+from app.providers.base import AnyProvider
 from app.providers.databrain import DatabrainConfig, DatabrainProvider
 from app.providers.embeddable import EmbeddableConfig, EmbeddableProvider, unverified_exp
 from app.providers.errors import (
@@ -41,15 +41,19 @@ def embeddable(handler: Handler) -> EmbeddableProvider:
     config = EmbeddableConfig.model_validate(
         {"type": "embeddable", "regions": {"eu": {"api_key": API_KEY}}}
     )
-    return EmbeddableProvider("embeddable", config, httpx.MockTransport(handler))
+    return EmbeddableProvider(
+        "embeddable", config, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
 
 
 def databrain(handler: Handler) -> DatabrainProvider:
     config = DatabrainConfig.model_validate({"type": "databrain", "api_key": API_KEY})
-    return DatabrainProvider("databrain", config, httpx.MockTransport(handler))
+    return DatabrainProvider(
+        "databrain", config, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
 
 
-async def issue(provider: BaseProvider, ttl: int = 900) -> Any:
+async def issue(provider: AnyProvider, ttl: int = 900) -> Any:
     body = (
         {"embeddableId": "d", "user": "u"}
         if provider.type_name == "embeddable"
@@ -82,7 +86,7 @@ both = pytest.mark.parametrize("build", [embeddable, databrain], ids=["embeddabl
 
 @both
 async def test_the_request_carries_key_json_and_explicit_timeouts(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
 ) -> None:
     seen: list[httpx.Request] = []
 
@@ -103,7 +107,7 @@ async def test_the_request_carries_key_json_and_explicit_timeouts(
 
 @both
 async def test_identity_encoding_and_no_cookie_ever(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
 ) -> None:
     seen: list[httpx.Request] = []
 
@@ -126,11 +130,11 @@ async def test_identity_encoding_and_no_cookie_ever(
 
 @both
 async def test_a_vendor_call_leaves_no_cyclic_garbage(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
 ) -> None:
     """A call's objects are freed by reference counting, not left for the (pausing)
-    cyclic collector (httpx's client-level response and its stream refer to each other;
-    post_json works on the transport)."""
+    cyclic collector (httpx's client binds a response and its stream to each other;
+    post_json cuts that cycle)."""
     import gc
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -186,7 +190,7 @@ async def test_default_vendor_urls() -> None:
 )
 @both
 async def test_transport_failures(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
     raised: httpx.HTTPError,
     expected: type[ProviderError],
 ) -> None:
@@ -220,7 +224,7 @@ async def test_transport_failures(
 )
 @both
 async def test_non_json_error_bodies_map_by_status_alone(
-    build: Callable[[Handler], BaseProvider], status: int, expected: type[ProviderError]
+    build: Callable[[Handler], AnyProvider], status: int, expected: type[ProviderError]
 ) -> None:
     page = "<html><body>Bad things happened</body></html>"
     handler = answer(status, page, headers={"content-type": "text/html"})
@@ -235,7 +239,7 @@ async def test_non_json_error_bodies_map_by_status_alone(
 @pytest.mark.parametrize("body", [[1, 2], "just a string", 42, None, {"unexpected": {"x": 1}}])
 @both
 async def test_unknown_error_shapes_are_tolerated(
-    build: Callable[[Handler], BaseProvider], body: Any
+    build: Callable[[Handler], AnyProvider], body: Any
 ) -> None:
     with pytest.raises(ProviderRejected) as caught:
         await issue(build(answer(400, orjson.dumps(body))))
@@ -263,7 +267,7 @@ async def test_embeddable_error_message() -> None:
 
 @both
 async def test_a_vendor_code_that_is_not_code_like_is_dropped(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
 ) -> None:
     body = {"error": {"code": "x" * 65, "message": "m"}, "errorCode": "has spaces in it"}
 
@@ -330,7 +334,7 @@ def test_parse_retry_after_date_relative_to_now() -> None:
 )
 @both
 async def test_2xx_without_a_usable_token_is_a_bad_response(
-    build: Callable[[Handler], BaseProvider], content: bytes
+    build: Callable[[Handler], AnyProvider], content: bytes
 ) -> None:
     with pytest.raises(ProviderBadResponse) as caught:
         await issue(build(answer(200, content)))
@@ -355,7 +359,7 @@ async def test_databrain_2xx_with_error_null_is_a_token() -> None:
 
 @both
 async def test_an_undecodable_gzip_body_is_a_bad_response(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
 ) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
@@ -383,7 +387,7 @@ class CountingStream(httpx.AsyncByteStream):
 @pytest.mark.parametrize("status", [200, 400, 500])
 @both
 async def test_a_huge_body_is_not_read_beyond_the_limit(
-    build: Callable[[Handler], BaseProvider], status: int
+    build: Callable[[Handler], AnyProvider], status: int
 ) -> None:
     stream = CountingStream(b'{"token": "' + b"a" * 8192, chunks=10_000)  # ~80 MB
 
@@ -400,7 +404,7 @@ async def test_a_huge_body_is_not_read_beyond_the_limit(
 
 @both
 async def test_a_declared_huge_body_is_not_read_at_all(
-    build: Callable[[Handler], BaseProvider],
+    build: Callable[[Handler], AnyProvider],
 ) -> None:
     stream = CountingStream(b"x", chunks=1)
 
@@ -500,7 +504,7 @@ SESSION_JWT = jwt_with({"sub": "alice", "exp": 2_000_000_000})
 
 @both
 async def test_vendor_messages_are_scrubbed_everywhere(
-    build: Callable[[Handler], BaseProvider], caplog: pytest.LogCaptureFixture
+    build: Callable[[Handler], AnyProvider], caplog: pytest.LogCaptureFixture
 ) -> None:
     message = (
         f"bad key {API_KEY} for\n\ttoken {SESSION_JWT} "
@@ -527,7 +531,7 @@ async def test_vendor_messages_are_scrubbed_everywhere(
 )
 @pytest.mark.parametrize("status", [400, 500])
 async def test_a_vendor_code_carrying_a_secret_is_dropped(
-    build: Callable[[Handler], BaseProvider], code: str, status: int
+    build: Callable[[Handler], AnyProvider], code: str, status: int
 ) -> None:
     # Embeddable reads a top-level errorCode, Databrain error.code.
     body = {"errorCode": code, "errorMessage": "nope", "error": {"code": code, "message": "nope"}}
@@ -546,7 +550,7 @@ async def test_a_vendor_code_carrying_a_secret_is_dropped(
 
 
 @both
-async def test_an_ordinary_vendor_code_is_kept(build: Callable[[Handler], BaseProvider]) -> None:
+async def test_an_ordinary_vendor_code_is_kept(build: Callable[[Handler], AnyProvider]) -> None:
     code = "INVALID_REQUEST_BODY"
     body = {"errorCode": code, "errorMessage": "nope", "error": {"code": code, "message": "nope"}}
 
@@ -586,6 +590,8 @@ async def test_a_body_that_drips_in_forever_is_a_timeout() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, stream=DrippingStream())
 
-    provider = DatabrainProvider("databrain", config, httpx.MockTransport(handler))
+    provider = DatabrainProvider(
+        "databrain", config, http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    )
     with pytest.raises(ProviderTimeout):
         await issue(provider)

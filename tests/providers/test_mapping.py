@@ -146,7 +146,11 @@ def test_account_fingerprints_name_endpoint_and_key_without_revealing_them() -> 
             {"type": "databrain", "api_key": key, "base_url": url}
         )
         return DatabrainProvider(
-            "databrain", config, httpx.MockTransport(lambda _: httpx.Response(500))
+            "databrain",
+            config,
+            http_client=httpx.AsyncClient(
+                transport=httpx.MockTransport(lambda _: httpx.Response(500))
+            ),
         )
 
     first = provider("key-one-secret").account_fingerprint(None)
