@@ -196,10 +196,26 @@ def listen_problem(host: str, port: int) -> str | None:
     return None
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The server options ``serve`` runs uvicorn with (the benchmark reuses them)."""
+    from app.observability.logging import logging_config
+
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": logging_config(settings.log_level, settings.log_format),
+        "log_level": settings.log_level,
+        "access_log": settings.access_log,
+        "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
+        "server_header": False,
+        "lifespan": "on",
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.observability.logging import configure_logging, logging_config
+    from app.observability.logging import configure_logging
     from app.outbound import OutboundConfigError, OutboundOptions, check_outbound
 
     _export_overrides(args)
@@ -220,16 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal it caught
     # with the handler it found installed. A no-op handler makes that a clean exit 0.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: None)
-    common = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_config": logging_config(settings.log_level, settings.log_format),
-        "log_level": settings.log_level,
-        "access_log": settings.access_log,
-        "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
-        "server_header": False,
-        "lifespan": "on",
-    }
+    common = uvicorn_options(settings)
     if settings.workers > 1:
         # prometheus-client aggregates workers through files in this directory.
         with _multiprocess_metrics_dir():
@@ -246,7 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         from app.main import create_app
 
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
+        uvicorn.run(create_app(settings), **common)
     return EXIT_OK
 
 

@@ -21,6 +21,13 @@ cache evicts it, and the odd cycle of an error path, which waits at most ``inter
 
 Process-wide, like the collector: the first lifespan applies it, the last one restores
 the previous thresholds and unfreezes (tests run many apps in one process).
+
+CPython 3.14's collector is incremental: it has a young and an old generation, ignores
+the third threshold, and every automatic collection also scans an increment of the old
+generation, so there is no long full pause to schedule away (and setting the third
+threshold would silently do nothing). There only step 1 applies: start-up objects are
+frozen, and Python's own (incremental) policy does the rest. ``started`` is logged with
+the mode in use.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import sys
 import threading
 import time
 
@@ -36,6 +44,11 @@ log = logging.getLogger("token_broker.collector")
 
 NEVER = 2**31 - 1
 """A threshold the count of young collections never reaches."""
+
+
+def incremental_collector() -> bool:
+    """True where CPython's cyclic collector is incremental (3.14 and later)."""
+    return sys.version_info >= (3, 14)
 
 
 class _CollectorPolicy:
@@ -52,8 +65,9 @@ class _CollectorPolicy:
             self._saved = gc.get_threshold()
             gc.collect()
             gc.freeze()
-            young, middle, _ = self._saved
-            gc.set_threshold(young, middle, NEVER)
+            if not incremental_collector():
+                young, middle, _ = self._saved
+                gc.set_threshold(young, middle, NEVER)
 
     def release(self) -> None:
         with self._lock:
@@ -92,20 +106,33 @@ class ServingCollector:
     def __init__(self, full_interval_seconds: float) -> None:
         self._interval = full_interval_seconds
         self._task: asyncio.Task[None] | None = None
+        self._acquired = False
 
     async def __aenter__(self) -> ServingCollector:
         if self._interval > 0:
             _policy.acquire()
-            self._task = asyncio.create_task(
-                full_collections_every(self._interval), name="token-broker-full-collections"
+            incremental = incremental_collector()
+            if not incremental:
+                self._task = asyncio.create_task(
+                    full_collections_every(self._interval), name="token-broker-full-collections"
+                )
+            self._acquired = True
+            log.debug(
+                "gc.policy",
+                extra={
+                    "mode": "freeze + incremental" if incremental else "freeze + scheduled full",
+                    "full_interval_seconds": None if incremental else self._interval,
+                },
             )
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is None:
+        if not self._acquired:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._acquired = False
         _policy.release()

@@ -275,6 +275,7 @@ class _Pool:
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
+        self.timeouts: dict[tuple[float | None, ...], aiohttp.ClientTimeout] = {}
         self._session: aiohttp.ClientSession | None = None
 
     def session(self) -> aiohttp.ClientSession:
@@ -353,15 +354,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeouts = request.extensions.get("timeout", {})
-        connect = timeouts.get("connect")
-        pool = timeouts.get("pool")
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=None if pool is None or connect is None else pool + connect,
-            sock_connect=connect,
-            sock_read=timeouts.get("read"),
-        )
-        headers = request.headers.multi_items()
+        key = (timeouts.get("connect"), timeouts.get("pool"), timeouts.get("read"))
+        timeout = self._pool.timeouts.get(key)
+        if timeout is None:  # a handful of distinct ones per process: built once each
+            connect, pool, read = key
+            timeout = self._pool.timeouts[key] = aiohttp.ClientTimeout(
+                total=None,
+                connect=None if pool is None or connect is None else pool + connect,
+                sock_connect=connect,
+                sock_read=read,
+            )
+        # Header bytes as sent (httpx validated them); latin-1 maps every byte.
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw
+        ]
         if self._proxy_headers and request.url.scheme == "http":
             # Plain http is sent to the proxy itself (absolute-form), so its credentials
             # go with it; over https they are sent only in the CONNECT, never to the origin.

@@ -10,6 +10,7 @@ uvloop and httptools from uvicorn's ``auto`` choice, which picks both when insta
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shutil
 import socket
@@ -230,7 +231,8 @@ class Bench:
         self.broker: Child | None = None
         self._floor: Child | None = None
         self._naive: Child | None = None
-        self._forwarder: Child | None = None
+        self._forwarders: dict[str, Child] = {}
+        self._transport_brokers: dict[str, Child] = {}
 
     def close(self) -> None:
         self.http.close()
@@ -381,22 +383,57 @@ class Bench:
             self.supervisor.stop(self._naive)
             self._naive = None
 
-    def forwarder(self) -> Child:
-        """S3 context: bench/forwarder.py (the broker's transport, none of its work)."""
-        if self._forwarder is None:
-            self._forwarder = self._start_reference(
-                "forwarder",
+    def forwarder(self, transport: str = "aiohttp") -> Child:
+        """S3/S9 context: bench/forwarder.py (one vendor call per request over the
+        outbound client of ``transport``, none of the broker's work)."""
+        found = self._forwarders.get(transport)
+        if found is None:
+            found = self._forwarders[transport] = self._start_reference(
+                f"forwarder-{transport}",
                 "bench.forwarder:create_app",
                 {
                     "FORWARD_VENDOR_URL": (
                         f"{self.sandbox.url}/embeddable/eu/api/v1/security-token"
                     ),
                     "FORWARD_API_KEY": SANDBOX_EU_API_KEY,
+                    "FORWARD_TRANSPORT": transport,
                 },
             )
-        return self._forwarder
+        return found
 
-    # --- the sandbox's control API ------------------------------------------------------
+    def stop_forwarders(self) -> None:
+        for child in self._forwarders.values():
+            self.supervisor.stop(child)
+        self._forwarders.clear()
+
+    def restart_transport_broker(self, transport: str) -> Child:
+        """A fresh broker (empty caches) whose outbound client is ``transport`` (S9)."""
+        running = self._transport_brokers.pop(transport, None)
+        if running is not None:
+            self.supervisor.stop(running)
+        port = free_port()
+        child = self.supervisor.start(
+            f"broker-{transport}",
+            [sys.executable, "-m", "bench.transport_broker"],
+            env={
+                **self.broker_env(self.policies.main, port),
+                "BENCH_OUTBOUND_TRANSPORT": transport,
+            },
+            port=port,
+            cwd=REPO_ROOT,
+        )
+        wait_for_status(child, "/readyz")
+        self._transport_brokers[transport] = child
+        return child
+
+    def transport_broker(self, transport: str) -> Child:
+        found = self._transport_brokers.get(transport)
+        return found if found is not None else self.restart_transport_broker(transport)
+
+    def stop_transport_brokers(self) -> None:
+        for child in self._transport_brokers.values():
+            self.supervisor.stop(child)
+        self._transport_brokers.clear()
 
     def set_vendor_latency(self, milliseconds: int) -> None:
         response = self.http.post(
@@ -492,19 +529,26 @@ class Bench:
         self, first: Contender, second: Contender, warmup: Callable[[Contender], None]
     ) -> tuple[list[wrk.WrkResult], list[wrk.WrkResult]]:
         """A B A B ...: ``profile.pairs`` timed runs each, after one untimed warm-up each."""
+        a_runs, b_runs = self.alternate_all((first, second), warmup)
+        return a_runs, b_runs
+
+    def alternate_all(
+        self, contenders: Sequence[Contender], warmup: Callable[[Contender], None]
+    ) -> list[list[wrk.WrkResult]]:
+        """A B C A B C ...: ``profile.pairs`` rounds, after one untimed warm-up each."""
         if self.profile.warmup_s > 0:
-            for contender in (first, second):
+            for contender in contenders:
                 warmup(contender)
                 wrk.pause()
-        results: tuple[list[wrk.WrkResult], list[wrk.WrkResult]] = ([], [])
+        results: list[list[wrk.WrkResult]] = [[] for _ in contenders]
         for pair in range(self.profile.pairs):
-            for side, contender in enumerate((first, second)):
+            for side, contender in enumerate(contenders):
                 if contender.prepare is not None:
                     contender.prepare()
                 result = contender.run()
                 results[side].append(result)
                 self.log(
-                    f"    {contender.name:<7} run {pair + 1}/{self.profile.pairs}: "
+                    f"    {contender.name:<16} run {pair + 1}/{self.profile.pairs}: "
                     f"{result.rps:>9,.0f} req/s  p50 {result.latency_ms('p50'):7.2f} ms  "
                     f"p99 {result.latency_ms('p99'):7.2f} ms  errors {result.error_count}"
                 )
@@ -519,6 +563,12 @@ def _redis_answers(port: int) -> bool:
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False
+
+
+def cpu_seconds(child: Child) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def token_broker_command() -> list[str]:
@@ -540,6 +590,7 @@ __all__ = [
     "Profile",
     "background_load",
     "check_event_loop_stack",
+    "cpu_seconds",
     "median",
     "parse_counts",
 ]

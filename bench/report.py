@@ -206,10 +206,15 @@ def render_markdown(document: dict[str, Any], results: Sequence[ScenarioResult])
         "(`bench/naive_broker.py`): verifies the JWT with a PEM string on every request "
         "(python-jose), builds the vendor body, calls the vendor with a new "
         "`httpx.AsyncClient` per request, no cache. **bare forwarder** "
-        "(`bench/forwarder.py`, S3 context only, not a target): one fixed vendor request "
-        "per request over the broker's own transport, no JWT, policy, cache or logging: "
-        "what uvicorn, the transport, the sandbox and wrk cost on this machine before the "
-        "broker does any work.",
+        "(`bench/forwarder.py`): one fixed vendor request per request with the broker's "
+        "own vendor-call function over the same outbound client, no JWT, policy, cache or "
+        "logging: what uvicorn, the client, the transport, the sandbox and wrk cost on "
+        "this machine before the broker does any work. S3's ratios are taken against it.",
+        "- S9 runs S3's 64-connection phase on each outbound transport "
+        "(`bench/transports.py`): the broker (`bench/transport_broker.py`: the shipped "
+        "app and server options with that client injected) and the bare forwarder, all "
+        "interleaved in one run. CPU per call is the process's user+system time "
+        "(/proc/<pid>/stat) during a timed run over its successful answers.",
         "- The vendor is the sandbox (`token-broker sandbox`, Embeddable emulation) on the "
         "same machine; its latency faults add the 50 ms (S3) and 200 ms (S4).",
         f"- The bench policy (`bench/policy.py`) has one RS256 issuer with a static "

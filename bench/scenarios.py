@@ -28,9 +28,11 @@ from bench.harness import (
     Bench,
     BrokerCounts,
     Contender,
+    cpu_seconds,
     median,
 )
 from bench.procs import LOOPBACK, Child, HarnessError, wait_for_status
+from bench.transports import TRANSPORTS
 
 MB = 1024 * 1024
 S3_VENDOR_LATENCY_MS = 50
@@ -274,22 +276,54 @@ def s2_cold_sessions(bench: Bench) -> ScenarioResult:
 # --- S3 -------------------------------------------------------------------------------
 
 
-def s3_cache_miss(bench: Bench) -> ScenarioResult:
-    latency_target = "p50 ≤ 3 ms, p99 ≤ 15 ms over the 50 ms vendor latency"
-    throughput_target = "≥ 2 x naive"
+S3_LATENCY_RATIO = 1.5
+"""The broker's added latency (p50 and p99) over the bare forwarder's, at most."""
+S3_FORWARDER_THROUGHPUT_RATIO = 0.8
+S3_NAIVE_THROUGHPUT_RATIO = 2.0
+
+
+def _added(run_ms: float) -> float:
+    return run_ms - S3_VENDOR_LATENCY_MS
+
+
+def _ratio(value: float, reference: float) -> float:
+    if reference > 0:
+        return value / reference
+    return math.inf if value > 0 else 1.0
+
+
+def _miss_sessions(bench: Bench, prefix: str, connections: int) -> tuple[Path, Path]:
+    """Token files with enough distinct users that no run reaches the end of the list (a
+    connection makes at most one request per vendor round trip), plus warm-up users."""
     profile = bench.profile
+    needed = math.ceil(connections * 1000 / S3_VENDOR_LATENCY_MS * math.ceil(profile.duration_s))
+    bench.log(f"    signing {needed + connections + profile.s3_warm_sessions:,} RS256 session JWTs")
+    run_file = bench.token_file(
+        f"{prefix}-run", bench.sessions(f"{prefix}-user-", needed + connections)
+    )
+    warm_file = bench.token_file(
+        f"{prefix}-warm", bench.sessions(f"{prefix}-warm-", profile.s3_warm_sessions)
+    )
+    return run_file, warm_file
+
+
+def _latency(runs: list[wrk.WrkResult]) -> dict[str, float]:
+    return {
+        "rps": median(r.rps for r in runs),
+        "p50_ms": median(r.latency_ms("p50") for r in runs),
+        "p99_ms": median(r.latency_ms("p99") for r in runs),
+    }
+
+
+def s3_cache_miss(bench: Bench) -> ScenarioResult:
+    """Broker vs the bare forwarder (same client, same vendor call, nothing else),
+    interleaved in one run: at 64 connections the added latency, at 256 the
+    throughput, with the naive broker beside them."""
     phases = (64, 256)
-    # Enough users that no run can reach the end of the list: a connection makes at most
-    # one request per vendor round trip. The broker is restarted before each timed run
-    # (empty caches), so every run can use the same users.
-    longest = max(phases)
-    needed = math.ceil(longest * 1000 / S3_VENDOR_LATENCY_MS * math.ceil(profile.duration_s))
-    bench.log(f"    signing {needed + longest + profile.s3_warm_sessions:,} RS256 session JWTs")
-    run_file = bench.token_file("s3-run", bench.sessions("s3-user-", needed + longest))
-    warm_file = bench.token_file("s3-warm", bench.sessions("s3-warm-", profile.s3_warm_sessions))
+    run_file, warm_file = _miss_sessions(bench, "s3", max(phases))
     naive = bench.naive()
-    check = bench.session("s3-check-user")
-    bench.expect_token(naive.url, check, "S3 naive broker check")
+    bench.expect_token(naive.url, bench.session("s3-check-user"), "S3 naive broker check")
+    forwarder = bench.forwarder("aiohttp")
     phase_results: dict[int, dict[str, Any]] = {}
     problems: list[str] = []
     bench.set_vendor_latency(S3_VENDOR_LATENCY_MS)
@@ -300,8 +334,10 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
 
             def restart_and_warm(connections: int = connections) -> None:
                 broker = bench.restart_main_broker()
-                if profile.warmup_s > 0:
-                    bench.rotating_run(broker, warm_file, connections, duration_s=profile.warmup_s)
+                if bench.profile.warmup_s > 0:
+                    bench.rotating_run(
+                        broker, warm_file, connections, duration_s=bench.profile.warmup_s
+                    )
 
             def broker_run(
                 connections: int = connections, counts: list[dict[str, Any]] = per_run_counts
@@ -312,18 +348,26 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
                 counts.append(bench.counts(broker).minus(before).as_dict())
                 return result
 
-            def naive_run(connections: int = connections) -> wrk.WrkResult:
-                return bench.rotating_run(naive, run_file, connections)
+            def reference_run(
+                child: Child, connections: int = connections
+            ) -> Callable[[], wrk.WrkResult]:
+                return lambda: bench.rotating_run(child, run_file, connections)
 
             def warmup(contender: Contender, connections: int = connections) -> None:
-                if contender.name == "naive":
-                    bench.rotating_run(naive, warm_file, connections, duration_s=profile.warmup_s)
+                child = {"naive": naive, "forwarder": forwarder}.get(contender.name)
+                if child is not None:
+                    bench.rotating_run(
+                        child, warm_file, connections, duration_s=bench.profile.warmup_s
+                    )
 
-            broker_runs, naive_runs = bench.alternate(
+            contenders = [
                 Contender("broker", broker_run, prepare=restart_and_warm),
-                Contender("naive", naive_run),
-                warmup,
-            )
+                Contender("forwarder", reference_run(forwarder)),
+            ]
+            if connections == max(phases):
+                contenders.append(Contender("naive", reference_run(naive)))
+            runs = bench.alternate_all(contenders, warmup)
+            broker_runs = runs[0]
             problems += _run_problems(f"broker ({connections} conns)", broker_runs)
             if any(run.wrapped for run in broker_runs):
                 problems.append(
@@ -337,58 +381,47 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
                 problems.append(
                     f"S3 at {connections} conns: a broker run had no successful answer at all"
                 )
-            phase_results[connections] = {
-                "broker_rps": median(r.rps for r in broker_runs),
-                "naive_rps": median(r.rps for r in naive_runs),
-                "broker_p50_ms": median(r.latency_ms("p50") for r in broker_runs),
-                "broker_p99_ms": median(r.latency_ms("p99") for r in broker_runs),
-                "naive_p50_ms": median(r.latency_ms("p50") for r in naive_runs),
-                "naive_p99_ms": median(r.latency_ms("p99") for r in naive_runs),
-                "naive_errors": sum(r.error_count for r in naive_runs),
-                "broker_counts_per_run": per_run_counts,
-                "runs": {
-                    "broker": [r.as_dict() for r in broker_runs],
-                    "naive": [r.as_dict() for r in naive_runs],
-                },
+            phase: dict[str, Any] = {
+                contender.name: {
+                    **_latency(contender_runs),
+                    "errors": sum(r.error_count for r in contender_runs),
+                    "runs": [r.as_dict() for r in contender_runs],
+                }
+                for contender, contender_runs in zip(contenders, runs, strict=True)
             }
-        bench.stop_naive()
-        forwarded = _forwarder_runs(bench, run_file, phases[0])
+            phase["broker_counts_per_run"] = per_run_counts
+            phase_results[connections] = phase
     finally:
         bench.stop_naive()
         bench.clear_faults()
     low, high = phase_results[64], phase_results[256]
-    p50_over = low["broker_p50_ms"] - S3_VENDOR_LATENCY_MS
-    p99_over = low["broker_p99_ms"] - S3_VENDOR_LATENCY_MS
-    if high["naive_rps"]:
-        ratio = high["broker_rps"] / high["naive_rps"]
-    else:  # the naive broker answered nothing successfully; any answer is infinitely more
-        ratio = math.inf if high["broker_rps"] else 0.0
-    naive_errors = f", {high['naive_errors']:,} errors" if high["naive_errors"] else ""
+    broker50, broker99 = _added(low["broker"]["p50_ms"]), _added(low["broker"]["p99_ms"])
+    fwd50, fwd99 = _added(low["forwarder"]["p50_ms"]), _added(low["forwarder"]["p99_ms"])
+    ratio50, ratio99 = _ratio(broker50, fwd50), _ratio(broker99, fwd99)
+    vs_forwarder = _ratio(high["broker"]["rps"], high["forwarder"]["rps"])
+    vs_naive = _ratio(high["broker"]["rps"], high["naive"]["rps"])
+    naive_errors = f", {high['naive']['errors']:,} errors" if high["naive"]["errors"] else ""
     rows = [
         Row(
-            "S3 cache miss: latency (64 conns, vendor +50 ms)",
-            f"p50 +{p50_over:.2f} ms, p99 +{p99_over:.2f} ms ({low['broker_rps']:,.0f} req/s)",
-            (
-                f"naive p50 +{low['naive_p50_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms, "
-                f"p99 +{low['naive_p99_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms"
-                if low["naive_rps"]
-                else "naive: no successful answer"
-            )
-            + (
-                f"; bare forwarder (context) p50 +{forwarded['p50_ms'] - S3_VENDOR_LATENCY_MS:.2f}"
-                f" ms, p99 +{forwarded['p99_ms'] - S3_VENDOR_LATENCY_MS:.2f} ms"
-            ),
-            "—",
-            latency_target,
-            low["broker_rps"] > 0 and p50_over <= 3 and p99_over <= 15,
+            "S3 cache miss: added latency (64 conns, vendor +50 ms)",
+            f"p50 +{broker50:.2f} ms, p99 +{broker99:.2f} ms ({low['broker']['rps']:,.0f} req/s)",
+            f"bare forwarder p50 +{fwd50:.2f} ms, p99 +{fwd99:.2f} ms",
+            f"p50 {ratio50:.2f}, p99 {ratio99:.2f}",
+            f"≤ {S3_LATENCY_RATIO} x the bare forwarder's",
+            low["broker"]["rps"] > 0
+            and ratio50 <= S3_LATENCY_RATIO
+            and ratio99 <= S3_LATENCY_RATIO,
         ),
         Row(
             "S3 cache miss: throughput (256 conns)",
-            _rps(high["broker_rps"]),
-            f"naive {_rps(high['naive_rps'])}{naive_errors}",
-            f"{ratio:.2f}",
-            throughput_target,
-            high["broker_rps"] > 0 and ratio >= 2,
+            _rps(high["broker"]["rps"]),
+            f"bare forwarder {_rps(high['forwarder']['rps'])}; "
+            f"naive {_rps(high['naive']['rps'])}{naive_errors}",
+            f"{vs_forwarder:.2f} / {vs_naive:.2f}",
+            f"≥ {S3_FORWARDER_THROUGHPUT_RATIO} x forwarder, ≥ {S3_NAIVE_THROUGHPUT_RATIO:g} x naive",
+            high["broker"]["rps"] > 0
+            and vs_forwarder >= S3_FORWARDER_THROUGHPUT_RATIO
+            and vs_naive >= S3_NAIVE_THROUGHPUT_RATIO,
         ),
     ]
     return ScenarioResult(
@@ -397,41 +430,144 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
         rows,
         details={
             "vendor_latency_ms": S3_VENDOR_LATENCY_MS,
-            "broker_p50_over_vendor_ms": round(p50_over, 3),
-            "broker_p99_over_vendor_ms": round(p99_over, 3),
-            "throughput_ratio_256": round(ratio, 3) if math.isfinite(ratio) else None,
-            "bare_forwarder_64": forwarded,
-            "phases": {
-                str(conns): {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
-                for conns, r in phase_results.items()
-            },
+            "broker_p50_over_vendor_ms": round(broker50, 3),
+            "broker_p99_over_vendor_ms": round(broker99, 3),
+            "forwarder_p50_over_vendor_ms": round(fwd50, 3),
+            "forwarder_p99_over_vendor_ms": round(fwd99, 3),
+            "latency_ratio_p50": round(ratio50, 3) if math.isfinite(ratio50) else None,
+            "latency_ratio_p99": round(ratio99, 3) if math.isfinite(ratio99) else None,
+            "throughput_vs_forwarder_256": round(vs_forwarder, 3)
+            if math.isfinite(vs_forwarder)
+            else None,
+            "throughput_vs_naive_256": round(vs_naive, 3) if math.isfinite(vs_naive) else None,
+            "phases": {str(conns): r for conns, r in phase_results.items()},
         },
         problems=problems,
     )
 
 
-def _forwarder_runs(bench: Bench, run_file: Path, connections: int) -> dict[str, Any]:
-    """The bare forwarder under S3's load, for context: what the machine costs before
-    the broker does anything (bench/forwarder.py)."""
-    forwarder = bench.forwarder()
-    bench.log(f"  S3 context: bare forwarder at {connections} connections")
-    if bench.profile.warmup_s > 0:
-        bench.rotating_run(forwarder, run_file, connections, duration_s=bench.profile.warmup_s)
-        wrk.pause()
-    runs = []
-    for number in range(bench.profile.pairs):
-        result = bench.rotating_run(forwarder, run_file, connections)
-        runs.append(result)
-        bench.log(
-            f"    forwarder run {number + 1}/{bench.profile.pairs}: {result.rps:>9,.0f} req/s  "
-            f"p50 {result.latency_ms('p50'):7.2f} ms  p99 {result.latency_ms('p99'):7.2f} ms"
+# --- S9 -------------------------------------------------------------------------------
+
+
+def s9_outbound_transports(bench: Bench) -> ScenarioResult:
+    """S3's 64-connection phase once per outbound transport, broker and bare forwarder
+    on each, all interleaved in one run; with the CPU each process spent per call."""
+    connections = 64
+    transports = list(TRANSPORTS)
+    run_file, warm_file = _miss_sessions(bench, "s9", connections)
+    cpu_per_call: dict[str, list[float]] = {}
+    problems: list[str] = []
+
+    def measured(name: str, child_of: Callable[[], Child]) -> Callable[[], wrk.WrkResult]:
+        def run() -> wrk.WrkResult:
+            child = child_of()
+            before = cpu_seconds(child)
+            result = bench.rotating_run(child, run_file, connections)
+            spent = cpu_seconds(child) - before
+            cpu_per_call.setdefault(name, []).append(
+                spent / result.ok_requests * 1e6 if result.ok_requests else math.inf
+            )
+            return result
+
+        return run
+
+    def restart_and_warm(transport: str) -> Callable[[], None]:
+        def prepare() -> None:
+            broker = bench.restart_transport_broker(transport)
+            if bench.profile.warmup_s > 0:
+                bench.rotating_run(
+                    broker, warm_file, connections, duration_s=bench.profile.warmup_s
+                )
+
+        return prepare
+
+    def warmup(contender: Contender) -> None:
+        if contender.name.startswith("forwarder-"):
+            child = bench.forwarder(contender.name.removeprefix("forwarder-"))
+            bench.rotating_run(child, warm_file, connections, duration_s=bench.profile.warmup_s)
+
+    def broker_of(transport: str) -> Callable[[], Child]:
+        return lambda: bench.transport_broker(transport)
+
+    def forwarder_of(transport: str) -> Callable[[], Child]:
+        return lambda: bench.forwarder(transport)
+
+    contenders: list[Contender] = []
+    for transport in transports:
+        contenders.append(
+            Contender(
+                f"broker-{transport}",
+                measured(f"broker-{transport}", broker_of(transport)),
+                prepare=restart_and_warm(transport),
+            )
         )
-        wrk.pause()
-    return {
-        "rps": median(r.rps for r in runs),
-        "p50_ms": median(r.latency_ms("p50") for r in runs),
-        "p99_ms": median(r.latency_ms("p99") for r in runs),
-    }
+        contenders.append(
+            Contender(
+                f"forwarder-{transport}",
+                measured(f"forwarder-{transport}", forwarder_of(transport)),
+            )
+        )
+    bench.set_vendor_latency(S3_VENDOR_LATENCY_MS)
+    try:
+        runs = bench.alternate_all(contenders, warmup)
+    finally:
+        bench.clear_faults()
+        bench.stop_transport_brokers()
+        bench.stop_forwarders()
+    results: dict[str, dict[str, Any]] = {}
+    for contender, contender_runs in zip(contenders, runs, strict=True):
+        problems += _run_problems(contender.name, contender_runs)
+        results[contender.name] = {
+            **_latency(contender_runs),
+            "cpu_us_per_call": median(cpu_per_call.get(contender.name, [math.inf])),
+            "errors": sum(r.error_count for r in contender_runs),
+            "runs": [r.as_dict() for r in contender_runs],
+        }
+    floor = results["forwarder-aiohttp"]
+    floor50, floor99 = _added(floor["p50_ms"]), _added(floor["p99_ms"])
+    rows: list[Row] = []
+    ratios: dict[str, tuple[float, float]] = {}
+    for transport in transports:
+        broker, forwarder = results[f"broker-{transport}"], results[f"forwarder-{transport}"]
+        b50, b99 = _added(broker["p50_ms"]), _added(broker["p99_ms"])
+        ratios[transport] = (_ratio(b50, floor50), _ratio(b99, floor99))
+        rows.append(
+            Row(
+                f"S9 outbound on {transport} (64 conns, vendor +50 ms)",
+                f"broker p50 +{b50:.2f} ms, p99 +{b99:.2f} ms, {broker['rps']:,.0f} req/s, "
+                f"{broker['cpu_us_per_call']:,.0f} µs CPU/miss",
+                f"forwarder p50 +{_added(forwarder['p50_ms']):.2f} ms, "
+                f"p99 +{_added(forwarder['p99_ms']):.2f} ms, {forwarder['rps']:,.0f} req/s, "
+                f"{forwarder['cpu_us_per_call']:,.0f} µs CPU/call",
+                f"p50 {ratios[transport][0]:.2f}, p99 {ratios[transport][1]:.2f}",
+                "reported (ratios: broker over the aiohttp forwarder)",
+                True,
+            )
+        )
+    httpx50, httpx99 = ratios.get("httpx", (math.inf, math.inf))
+    httpx_misses = httpx50 > S3_LATENCY_RATIO or httpx99 > S3_LATENCY_RATIO
+    rows.append(
+        Row(
+            "S9 transport choice",
+            "aiohttp under httpx's client",
+            f"httpx's own: broker p50 {httpx50:.2f}, p99 {httpx99:.2f} x the forwarder's added",
+            "—",
+            f"another transport than httpx's own only while httpx's misses S3 (> {S3_LATENCY_RATIO})",
+            httpx_misses,
+        )
+    )
+    return ScenarioResult(
+        "S9",
+        "outbound transport: S3 at 64 connections on each transport, side by side",
+        rows,
+        details={
+            "connections": connections,
+            "vendor_latency_ms": S3_VENDOR_LATENCY_MS,
+            "transports": transports,
+            "results": results,
+        },
+        problems=problems,
+    )
 
 
 # --- S4 -------------------------------------------------------------------------------
@@ -778,6 +914,7 @@ SCENARIOS: dict[str, tuple[str, Callable[[Bench], ScenarioResult]]] = {
     "S6": ("start-up", s6_startup),
     "S7": ("repeat page loads", s7_repeat_loads),
     "S8": ("fleet herd", s8_fleet_herd),
+    "S9": ("outbound transport: httpx's own vs the shipped one", s9_outbound_transports),
 }
 
 __all__ = ["SCENARIOS", "BrokerCounts", "Row", "ScenarioResult"]

@@ -7,7 +7,8 @@ import weakref
 
 import pytest
 
-from app.collector import NEVER, ServingCollector
+from app import collector
+from app.collector import NEVER, ServingCollector, incremental_collector
 from tests.support.eventually import eventually_async
 
 pytestmark = pytest.mark.anyio
@@ -27,6 +28,9 @@ def cycle_in_the_oldest_generation() -> weakref.ref[Node]:
     return weakref.ref(first)
 
 
+@pytest.mark.skipif(
+    incremental_collector(), reason="3.14's incremental collector: see the test below"
+)
 async def test_while_serving_only_the_scheduled_full_collection_frees_old_cycles() -> None:
     before = gc.get_threshold()
     async with ServingCollector(3600):
@@ -68,3 +72,24 @@ async def test_zero_keeps_pythons_policy() -> None:
     async with ServingCollector(0):
         assert gc.get_threshold() == before
         assert gc.get_freeze_count() == 0
+
+
+async def test_on_an_incremental_collector_only_the_freeze_applies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """3.14 ignores the third threshold: setting it would claim a policy that does not
+    hold, and scheduled full collections would bring back the long pauses."""
+    monkeypatch.setattr(collector, "incremental_collector", lambda: True)
+    before = gc.get_threshold()
+    serving = ServingCollector(3600)
+    async with serving:
+        assert gc.get_threshold() == before
+        assert gc.get_freeze_count() > 0
+        assert serving._task is None
+    assert gc.get_freeze_count() == 0
+
+
+def test_the_incremental_collector_is_detected_by_version() -> None:
+    import sys
+
+    assert incremental_collector() is (sys.version_info >= (3, 14))
