@@ -279,7 +279,9 @@ def test_the_loader_script_follows_the_region_and_is_configurable() -> None:
             },
         }
     )
-    built = EmbeddableProvider("embeddable", config, http_client=httpx.AsyncClient())  # no call made
+    built = EmbeddableProvider(
+        "embeddable", config, http_client=httpx.AsyncClient()
+    )  # no call made
 
     assert built.element(None, "us").script == "https://embed.embeddable.com/js/v1/?region=US"
     assert built.element(None, "eu").script == "https://cdn.example.com/em.js"
