@@ -449,6 +449,14 @@ def s3_cache_miss(bench: Bench) -> ScenarioResult:
 # --- S9 -------------------------------------------------------------------------------
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _cpu(value: float | None) -> str:
+    return "no answer" if value is None else f"{value:,.0f} µs CPU"
+
+
 def s9_outbound_transports(bench: Bench) -> ScenarioResult:
     """S3's 64-connection phase once per outbound transport, broker and bare forwarder
     on each, all interleaved in one run; with the CPU each process spent per call."""
@@ -519,7 +527,9 @@ def s9_outbound_transports(bench: Bench) -> ScenarioResult:
         problems += _run_problems(contender.name, contender_runs)
         results[contender.name] = {
             **_latency(contender_runs),
-            "cpu_us_per_call": median(cpu_per_call.get(contender.name, [math.inf])),
+            "cpu_us_per_call": _finite_or_none(
+                median(cpu_per_call.get(contender.name, [math.inf]))
+            ),
             "errors": sum(r.error_count for r in contender_runs),
             "runs": [r.as_dict() for r in contender_runs],
         }
@@ -535,10 +545,10 @@ def s9_outbound_transports(bench: Bench) -> ScenarioResult:
             Row(
                 f"S9 outbound on {transport} (64 conns, vendor +50 ms)",
                 f"broker p50 +{b50:.2f} ms, p99 +{b99:.2f} ms, {broker['rps']:,.0f} req/s, "
-                f"{broker['cpu_us_per_call']:,.0f} µs CPU/miss",
+                f"{_cpu(broker['cpu_us_per_call'])}/miss",
                 f"forwarder p50 +{_added(forwarder['p50_ms']):.2f} ms, "
                 f"p99 +{_added(forwarder['p99_ms']):.2f} ms, {forwarder['rps']:,.0f} req/s, "
-                f"{forwarder['cpu_us_per_call']:,.0f} µs CPU/call",
+                f"{_cpu(forwarder['cpu_us_per_call'])}/call",
                 f"p50 {ratios[transport][0]:.2f}, p99 {ratios[transport][1]:.2f}",
                 "reported (ratios: broker over the aiohttp forwarder)",
                 True,
