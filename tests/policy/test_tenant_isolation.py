@@ -867,7 +867,7 @@ class InForce:
     """The policy in force, as the flow sees it (the runtime's ActivePolicy has more)."""
 
     policy: Policy
-    providers: Mapping[str, BaseProvider]
+    providers: Mapping[str, AnyProvider]
 
 
 def acting_user(world: World, call: Call) -> User:

@@ -4,10 +4,18 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import httpx
 import pytest
+from pydantic import SecretStr
 
 from app.observability.metrics import Metrics
-from app.providers.base import IssuedToken, ProviderConfigBase
+from app.providers.base import (
+    BaseProvider,
+    Element,
+    EmbedElementConfig,
+    IssuedToken,
+    ProviderConfigBase,
+)
 from app.providers.errors import (
     ProviderAuthFailed,
     ProviderBadResponse,
@@ -45,8 +53,12 @@ class FakeTime:
 Outcome = IssuedToken | ProviderError | Callable[[], Any]
 
 
-class FakeProvider:
+class FakeProvider(BaseProvider[ProviderConfigBase]):
     """Plays back outcomes, one per attempt (the last one repeats)."""
+
+    type_name = "fake"
+    config_model = ProviderConfigBase
+    token_path = "/token"
 
     def __init__(
         self,
@@ -56,10 +68,10 @@ class FakeProvider:
         time: FakeTime | None = None,
         attempt_seconds: float = 0.0,
     ) -> None:
-        self.name = NAME
-        self.config = ProviderConfigBase(
+        config = ProviderConfigBase(
             type="fake", timeout_seconds=timeout_seconds, max_concurrency=max_concurrency
         )
+        super().__init__(NAME, config, http_client=httpx.AsyncClient())  # never used
         self.outcomes = list(outcomes) or [TOKEN]
         self.calls = 0
         self.time = time
@@ -78,6 +90,22 @@ class FakeProvider:
             raise outcome
         assert isinstance(outcome, IssuedToken)
         return outcome
+
+    @classmethod
+    def validate_request(
+        cls, body: Mapping[str, Any], *, allow_unknown_fields: bool = False
+    ) -> tuple[str, ...]:
+        return ()
+
+    @classmethod
+    def validate_element(cls, element: EmbedElementConfig | None) -> None:
+        return None
+
+    def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
+        return Element("fake-embed", {})
+
+    def account(self, region: str | None) -> tuple[str, SecretStr]:
+        return "http://vendor.invalid", SecretStr("fake-key")
 
 
 def server_error(status: int) -> ProviderServerError:
