@@ -216,7 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.observability.logging import configure_logging
-    from app.outbound import OutboundConfigError, OutboundOptions, check_outbound
+    from app.outbound import OutboundConfigError, check_outbound
 
     _export_overrides(args)
     settings = _settings_or_report()
@@ -225,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if _load_or_report(settings.config) is None:
         return EXIT_INVALID
     try:
-        check_outbound(OutboundOptions.from_settings(settings))
+        check_outbound(settings.outbound_options())
     except OutboundConfigError as exc:
         return _fail(f"invalid environment settings: {exc}")
     problem = listen_problem(settings.host, settings.port)

@@ -21,7 +21,7 @@ from app.api.routing import TokenRouter
 from app.collector import ServingCollector
 from app.config.loader import load_policy_file
 from app.observability.metrics import Metrics
-from app.outbound import OutboundOptions, create_outbound_client, outbound_description
+from app.outbound import create_outbound_client, outbound_description
 from app.reload import PolicyReloader
 from app.runtime import Runtime
 from app.settings import Settings
@@ -54,7 +54,7 @@ def create_app(
         async with contextlib.AsyncExitStack() as owned:
             http = http_client
             if http is None:
-                http = create_outbound_client(OutboundOptions.from_settings(settings))
+                http = create_outbound_client(settings.outbound_options())
                 owned.push_async_callback(http.aclose)
             runtime = await Runtime.start(settings, config, http, metrics)
             reloader = PolicyReloader(runtime, settings.config, settings.reload_interval_seconds)

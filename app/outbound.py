@@ -48,7 +48,7 @@ from http.cookiejar import CookieJar
 from importlib.metadata import version
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import aiohttp
 import certifi
@@ -56,9 +56,6 @@ import httpx
 from aiohttp.abc import AbstractResolver
 from aiohttp.client_proto import ResponseHandler
 from httpx._utils import get_environment_proxies
-
-if TYPE_CHECKING:
-    from app.settings import Settings
 
 MAX_CONNECTIONS: Final = 512
 KEEPALIVE_SECONDS: Final = 30.0
@@ -84,16 +81,6 @@ class OutboundOptions:
     client_key: Path | None = None
     trust_env: bool = True
     """Read HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (tests turn it off to stay hermetic)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> OutboundOptions:
-        proxy = settings.outbound_proxy
-        return cls(
-            proxy=proxy.get_secret_value() if proxy is not None else None,
-            ca_bundle=settings.outbound_ca_bundle,
-            client_cert=settings.outbound_client_cert,
-            client_key=settings.outbound_client_key,
-        )
 
 
 # --- TLS and proxies ------------------------------------------------------------------

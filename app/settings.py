@@ -20,7 +20,12 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.outbound import check_ca_bundle, check_client_identity, check_proxy_url
+from app.outbound import (
+    OutboundOptions,
+    check_ca_bundle,
+    check_client_identity,
+    check_proxy_url,
+)
 from app.state.redis_url import parse_redis_url
 
 ENV_PREFIX = "BROKER_"
@@ -75,6 +80,16 @@ class Settings(BaseSettings):
     outbound_client_cert: Path | None = None
     """Client certificate (PEM; may hold the key too) for vendors behind mTLS."""
     outbound_client_key: Path | None = Field(default=None, validate_default=True)
+
+    def outbound_options(self) -> OutboundOptions:
+        """The ``BROKER_OUTBOUND_*`` settings as app.outbound takes them."""
+        proxy = self.outbound_proxy
+        return OutboundOptions(
+            proxy=proxy.get_secret_value() if proxy is not None else None,
+            ca_bundle=self.outbound_ca_bundle,
+            client_cert=self.outbound_client_cert,
+            client_key=self.outbound_client_key,
+        )
 
     @field_validator("outbound_proxy")
     @classmethod
