@@ -35,10 +35,11 @@ from app.config.models import PolicyConfig, ServiceConfig
 from app.errors import BrokerError, EmbedNotAllowed, MissingClaim, TenantNotAllowed
 from app.issuance import TokenFlow
 from app.observability.metrics import Metrics
+from app.outbound import USER_AGENT, NoCookies
 from app.policy import Policy, ServiceUser, User
-from app.providers.base import BaseProvider, IssuedToken
+from app.providers.base import AnyProvider, IssuedToken
 from app.providers.registry import provider_class
-from app.resilience import IssuingProvider, VendorCaller
+from app.resilience import VendorCaller
 from app.state.cache import MemoryTokenCache
 from app.state.ratelimit import RateLimiter
 
@@ -89,7 +90,7 @@ class _NotingCaller(VendorCaller):
 
     async def issue(
         self,
-        provider: IssuingProvider,
+        provider: AnyProvider,
         body: Mapping[str, Any],
         ttl_seconds: int,
         region: str | None,
@@ -198,8 +199,16 @@ class DryRun:
         self.config = config
         self.policy = Policy(config)
         self._transport = CapturingTransport()
-        self.providers: Mapping[str, BaseProvider] = {
-            name: provider_class(block.type)(name, block, self._transport)
+        # The outbound client's own defaults, over a transport that only captures.
+        self._client = httpx.AsyncClient(
+            transport=self._transport,
+            cookies=NoCookies(),
+            follow_redirects=False,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
+        self.providers: Mapping[str, AnyProvider] = {
+            name: provider_class(block.type)(name, block, http_client=self._client)
             for name, block in config.providers.items()
         }
         self._metrics = Metrics.create()
