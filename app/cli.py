@@ -248,7 +248,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # supervisor's ping; on a CPU-throttled pod that takes longer than
                 # uvicorn's 5 s default, and the worker would be killed in a loop.
                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_SECONDS,
-                **common,  # type: ignore[arg-type]
+                **common,
             )
     else:
         from app.main import create_app

@@ -72,7 +72,6 @@ class Settings(BaseSettings):
     embeds so that names cannot be enumerated; an operator who keeps ``/metrics``
     private may opt in."""
 
-
     outbound_proxy: SecretStr | None = None
     """Proxy URL for every outbound call; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply."""
     outbound_ca_bundle: Path | None = None
