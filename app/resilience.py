@@ -44,6 +44,7 @@ from typing import Any
 from app.observability.metrics import Metrics
 from app.providers.base import AnyProvider, IssuedToken
 from app.providers.errors import (
+    RETRYABLE_STATUSES,
     LogicalError,
     ProviderAuthFailed,
     ProviderBadResponse,
@@ -54,7 +55,6 @@ from app.providers.errors import (
     ProviderServerError,
     ProviderTimeout,
     ProviderUnavailable,
-    RETRYABLE_STATUSES,
     TechnicalError,
 )
 
