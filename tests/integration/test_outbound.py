@@ -34,6 +34,7 @@ from app.providers.errors import ProviderConnectError, ProviderProxyError
 from app.providers.mapping import to_broker_error
 from app.sandbox.settings import DEV_EMBEDDABLE_EU_API_KEY
 from tests.auth.keys import jwks_document, rsa_key
+from tests.support.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_SECONDS = 20.0
@@ -57,11 +58,13 @@ def _child(module: str, directory: Path, *args: str) -> Iterator[int]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not port_file.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{module} did not start:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.02)
+
+        def listening() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"{module} exited:\n{log_path.read_text()[-2000:]}")
+            return port_file.exists()
+
+        eventually(listening, timeout=START_TIMEOUT_SECONDS, what=f"{module} listening")
         yield int(port_file.read_text())
     finally:
         process.terminate()
