@@ -120,13 +120,11 @@ class MetabaseRequest(StrictModel):
     """Locked parameters: the viewer cannot change them (the security context)."""
 
 
-class MetabaseProvider(BaseProvider):
+class MetabaseProvider(BaseProvider[MetabaseConfig]):
     type_name: ClassVar[str] = TYPE_NAME
     config_model: ClassVar[type[ProviderConfigBase]] = MetabaseConfig
     token_path: ClassVar[str] = ""
     """A signer calls no endpoint."""
-
-    config: MetabaseConfig
 
     def __repr__(self) -> str:
         return f"MetabaseProvider(name={self.name!r}, site_url={mask_url(self.config.site_url)!r})"

@@ -36,9 +36,14 @@ def config(**overrides: Any) -> MetabaseConfig:
     return parsed
 
 
+def _no_request(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"a signer made an outbound request: {request.method} {request.url}")
+
+
 def provider(**overrides: Any) -> MetabaseProvider:
-    # A signer never uses the transport; one is passed because every provider takes it.
-    return MetabaseProvider("metabase", config(**overrides), httpx.AsyncHTTPTransport())
+    # Every provider takes the outbound client; a signer's fails the test if it is used.
+    client = httpx.AsyncClient(transport=httpx.MockTransport(_no_request))
+    return MetabaseProvider("metabase", config(**overrides), http_client=client)
 
 
 def verified(token: str, secret: str = SECRET) -> dict[str, Any]:
