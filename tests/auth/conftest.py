@@ -21,13 +21,13 @@ from starlette.routing import Route
 from app.auth import JwksStore, SessionVerifier
 from app.config.models import SessionConfig
 from app.observability.metrics import Metrics
-from tests.auth.keys import DEFAULT_AUDIENCE, HS_SECRET, ec_key, jwks_document, rsa_key
+from tests.auth.catalogue import ES, HS, PEM, RS
+from tests.auth.keys import DEFAULT_AUDIENCE, ec_key, jwks_document, rsa_key
+from tests.support.policies import HS_SECRET
 from tests.support.servers import serve_in_thread
 
-RS_ISSUER = "https://rs.example.test/"
-ES_ISSUER = "https://es.example.test/"
-HS_ISSUER = "app-backend"
-PEM_ISSUER = "https://pem.example.test/"
+# The attack catalogue's issuers (and, below, their keys): one set for every level.
+RS_ISSUER, ES_ISSUER, HS_ISSUER, PEM_ISSUER = RS.name, ES.name, HS.name, PEM.name
 
 
 @dataclass

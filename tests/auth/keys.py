@@ -1,8 +1,8 @@
 """Keys, JWKS documents and token signing for auth tests, including forged tokens.
 
 Deliberately independent of python-jose (signatures come straight from
-``cryptography``), so the tests do not share the code they check. Reusable by the
-HTTP-level catalogue tests: build keys with :func:`rsa_key`/:func:`ec_key` (generated
+``cryptography``), so the tests do not share the code they check. The attack
+catalogue (catalogue.py) forges its tokens with these: build keys with :func:`rsa_key`/:func:`ec_key` (generated
 once per name and process), publish :func:`jwks_document`, sign with
 :func:`sign_token`, forge with :func:`compact` and a signature of your choice.
 """
@@ -36,7 +36,6 @@ CURVES: dict[str, tuple[ec.EllipticCurve, str, int]] = {
     "P-384": (ec.SECP384R1(), "ES384", 48),
     "P-521": (ec.SECP521R1(), "ES512", 66),
 }
-HS_SECRET = "test-hs256-secret-that-is-at-least-32-bytes-long"
 DEFAULT_AUDIENCE = "analytics-web"
 
 

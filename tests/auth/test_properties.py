@@ -22,7 +22,8 @@ from app.auth.tokenizer import parse_compact_jws
 from app.config.models import SessionConfig
 from app.errors import InvalidSession, SessionExpired
 from tests.auth.conftest import ES_ISSUER, HS_ISSUER, PEM_ISSUER, RS_ISSUER, standard_config
-from tests.auth.keys import HS_SECRET, b64url, compact, ec_key, jwks_document, rsa_key, sign_token
+from tests.auth.keys import b64url, compact, ec_key, jwks_document, rsa_key, sign_token
+from tests.support.policies import HS_SECRET
 
 PROPERTY_SETTINGS = settings(
     max_examples=150,

@@ -14,7 +14,8 @@ from app.errors import InvalidSession, SessionExpired
 from app.observability.metrics import Metrics
 from tests.auth.checks import assert_rejected
 from tests.auth.conftest import HS_ISSUER, PEM_ISSUER, standard_config
-from tests.auth.keys import HS_SECRET, rsa_key, session_claims, sign_token
+from tests.auth.keys import rsa_key, session_claims, sign_token
+from tests.support.policies import HS_SECRET
 
 pytestmark = pytest.mark.anyio
 
