@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 import orjson
 from cryptography.exceptions import InvalidTag
 
-from app.errors import BrokerError, UpstreamError, UpstreamUnavailable
+from app.errors import BrokerError, UpstreamUnavailable
 
 if TYPE_CHECKING:
     from app.observability.metrics import Metrics
@@ -89,12 +89,14 @@ return 0
 """
 
 
-def _upstream_errors() -> dict[str, type[UpstreamError]]:
-    found: dict[str, type[UpstreamError]] = {}
-    pending: list[type[UpstreamError]] = [UpstreamError]
+def _errors_by_code() -> dict[str, type[BrokerError]]:
+    """Every BrokerError class by its ``code`` (a leader's vendor call may also fail
+    before the vendor, e.g. ``missing_claim``: followers share the same request)."""
+    found: dict[str, type[BrokerError]] = {}
+    pending: list[type[BrokerError]] = [BrokerError]
     while pending:
         cls = pending.pop()
-        found[cls.code] = cls
+        found.setdefault(cls.code, cls)
         pending.extend(cls.__subclasses__())
     return found
 
@@ -114,9 +116,10 @@ def encode_error(flight: str, error: BrokerError) -> bytes:
 
 
 def decode_error(raw: bytes) -> tuple[str, BrokerError]:
-    """``(flight id, error)`` from :func:`encode_error`'s bytes (codes of vendor errors)."""
+    """``(flight id, error)`` from :func:`encode_error`'s bytes. A code this version does
+    not know (a newer replica's) becomes ``upstream_unavailable``."""
     record = orjson.loads(raw)
-    cls: type[BrokerError] = _upstream_errors().get(record["code"], UpstreamUnavailable)
+    cls = _errors_by_code().get(record["code"], UpstreamUnavailable)
     error = cls.__new__(cls)
     BrokerError.__init__(
         error, str(record["detail"]), headers=record["headers"], extra=record["extra"]

@@ -12,10 +12,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import orjson
 import pytest
 from redis.crc import key_slot
 
-from app.errors import BrokerError, UpstreamRejected, UpstreamUnavailable
+from app.errors import BrokerError, MissingClaim, UpstreamRejected, UpstreamUnavailable
 from app.observability.metrics import Metrics
 from app.state.cache import CachedToken, MemoryTokenCache, RedisTokenCache, token_cache_key
 from app.state.fleet import FleetSingleFlight, decode_error, encode_error
@@ -254,6 +255,19 @@ def test_errors_travel_with_code_detail_headers_and_extra() -> None:
     assert type(copy) is UpstreamUnavailable
     assert (copy.status, copy.code, copy.detail) == (503, "upstream_unavailable", original.detail)
     assert copy.headers == {"Retry-After": "7"}
+
+
+def test_errors_before_the_vendor_keep_their_code_and_unknown_codes_degrade() -> None:
+    _, missing = decode_error(encode_error("f2", MissingClaim("the session lacks 'tenant'")))
+    assert (type(missing), missing.status, missing.detail) == (
+        MissingClaim,
+        403,
+        "the session lacks 'tenant'",
+    )
+    newer = orjson.dumps(
+        {"flight": "f3", "code": "from_a_newer_replica", "detail": "d", "headers": {}, "extra": {}}
+    )
+    assert type(decode_error(newer)[1]) is UpstreamUnavailable
 
 
 async def test_without_redis_each_replica_calls_the_vendor_itself() -> None:
