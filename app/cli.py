@@ -27,6 +27,7 @@ from app.config.loader import ConfigError, load_policy_file
 from app.config.models import PolicyConfig
 from app.masking import mask_url
 from app.settings import Settings, SettingsError, load_settings, unknown_variables
+from app.state.redis_url import parse_redis_url
 from app.version import package_version
 
 EXIT_OK = 0
@@ -127,9 +128,19 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+REDIS_TOPOLOGY_NAMES = {
+    "single": "Redis",
+    "cluster": "Redis Cluster",
+    "sentinel": "Redis via Sentinel",
+}
+
+
 def describe_settings(settings: Settings) -> str:
     """What the environment chose, without any value that could be secret."""
-    mode = "Redis (shared cache and limits)" if settings.redis_url else "in-process state"
+    mode = "in-process state"
+    if settings.redis_url is not None:
+        topology = parse_redis_url(settings.redis_url.get_secret_value()).topology
+        mode = f"{REDIS_TOPOLOGY_NAMES[topology]} (shared cache, limits and vendor calls)"
     return (
         f"{mode}; {settings.workers} worker{'s' if settings.workers > 1 else ''}; "
         f"logs {settings.log_format} at {settings.log_level}"

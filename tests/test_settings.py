@@ -160,8 +160,27 @@ def test_check_config_summarizes_the_environment_without_values(tmp_path: Path) 
     )
     result = run_cli("check-config", str(path), env=env)
     assert result.returncode == 0, result.stderr
-    assert "environment: valid (Redis (shared cache and limits); 2 workers;" in result.stdout
+    assert (
+        "environment: valid (Redis (shared cache, limits and vendor calls); 2 workers;"
+        in result.stdout
+    )
     assert CANARY_PASSWORD not in result.stdout and KEY not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        (f"redis+cluster://:{CANARY_PASSWORD}@10.0.0.1:7000,10.0.0.2:7000", "Redis Cluster"),
+        (f"rediss+sentinel://:{CANARY_PASSWORD}@s1,s2/cache", "Redis via Sentinel"),
+    ],
+)
+def test_check_config_names_the_redis_topology(tmp_path: Path, url: str, named: str) -> None:
+    path = write_policy(tmp_path, base_policy())
+    env = clean_environment(BROKER_REDIS_URL=url, BROKER_CACHE_ENCRYPTION_KEY=KEY)
+    result = run_cli("check-config", str(path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"environment: valid ({named} (shared cache, limits and vendor calls);" in result.stdout
+    assert CANARY_PASSWORD not in result.stdout + result.stderr
 
 
 def test_a_misspelt_variable_is_warned_about(tmp_path: Path) -> None:
