@@ -32,9 +32,10 @@ RUN pip install --no-cache-dir uv==0.13.8
 
 WORKDIR /src
 
-# Dependencies first, so that a code change does not reinstall them.
+# Dependencies first, so that a code change does not reinstall them. The otel extra is
+# included: tracing is then one environment variable away (BROKER_OTEL_ENABLED).
 COPY pyproject.toml uv.lock README.md ./
-RUN uv export --frozen --no-dev --no-emit-project --no-header --quiet --output-file requirements.txt \
+RUN uv export --frozen --no-dev --extra otel --no-emit-project --no-header --quiet --output-file requirements.txt \
     && uv venv --quiet --python /usr/local/bin/python3.11 /opt/venv \
     && uv pip install --quiet --python /opt/venv/bin/python --require-hashes --no-deps \
        --requirement requirements.txt

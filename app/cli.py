@@ -55,6 +55,19 @@ def _settings_or_report() -> Settings | None:
     return settings
 
 
+def _tracing_problem(settings: Settings) -> str | None:
+    """With tracing on: what is wrong with the ``OTEL_*`` exporter choice, in one line."""
+    if not settings.otel_enabled:
+        return None
+    from app.observability.tracing import TracingConfigError, exporter_classes
+
+    try:
+        exporter_classes(os.environ)
+    except TracingConfigError as exc:
+        return str(exc)
+    return None
+
+
 def _policy_path(explicit: str | None, how_to_pass: str) -> Path | None:
     """The policy file to use: the argument, else ``BROKER_CONFIG``, else the default
     when it exists. In a fresh clone there is no ``config/broker.yaml``: say in one
@@ -122,6 +135,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(path) if path is not None else None
     if config is None or settings is None:
         return EXIT_INVALID
+    problem = _tracing_problem(settings)
+    if problem is not None:
+        return _fail(problem)
     print(f"{path}: valid")
     print(f"environment: valid ({describe_settings(settings)})")
     print(summarize(config))
@@ -143,7 +159,8 @@ def describe_settings(settings: Settings) -> str:
         mode = f"{REDIS_TOPOLOGY_NAMES[topology]} (shared cache, limits and vendor calls)"
     return (
         f"{mode}; {settings.workers} worker{'s' if settings.workers > 1 else ''}; "
-        f"logs {settings.log_format} at {settings.log_level}"
+        f"logs {settings.log_format} at {settings.log_level}; "
+        f"tracing {'on' if settings.otel_enabled else 'off'}"
     )
 
 
@@ -239,7 +256,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         check_outbound(settings.outbound_options())
     except OutboundConfigError as exc:
         return _fail(f"invalid environment settings: {exc}")
-    problem = listen_problem(settings.host, settings.port)
+    problem = _tracing_problem(settings) or listen_problem(settings.host, settings.port)
     if problem is not None:
         return _fail(problem)
 

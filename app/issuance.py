@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 from app.config.models import CacheConfig, ServiceConfig
 from app.errors import BrokerError, InternalError, RateLimited
 from app.observability.metrics import Metrics
+from app.observability.tracing import NO_SPANS, Spans, attribute
 from app.policy import EmbedRule, Policy, TokenPlan, User
 from app.providers.base import AnyProvider, Element
 from app.providers.errors import ProviderError
@@ -38,6 +39,8 @@ log = logging.getLogger("token_broker.issuance")
 
 CacheState = Literal["hit", "miss", "coalesced", "none"]
 PLAN_MEMO_ENTRIES = 10_000
+# What a trace says of a decision: the audit event minus who (no user id, no issuer).
+TRACED_AUDIT_FIELDS = ("tenant", "embed", "provider", "region", "cache", "outcome")
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +172,9 @@ class TokenFlow:
         metrics: Metrics,
         fleet: FleetSingleFlight[Obtained] | None = None,
         clock: Callable[[], float] = time.time,
+        spans: Spans = NO_SPANS,
     ) -> None:
+        self._spans = spans
         self._cache = cache
         self._fleet = fleet
         self._caller = caller
@@ -190,8 +195,6 @@ class TokenFlow:
         service: ServiceConfig | None = None,
     ) -> Grant:
         """One token decision for ``user`` (acting through ``service``, if given)."""
-        policy = active.policy
-        started = time.perf_counter()
         audit: dict[str, Any] = {
             "caller": caller,
             "user_id": user.id,
@@ -203,17 +206,35 @@ class TokenFlow:
             "cache": "none",
             "vendor_status": None,
         }
+        with self._spans.span("token.issue") as span:
+            try:
+                return await self._issue(active, user, embed, tenant, service, audit)
+            finally:
+                self._spans.record(span, audit, TRACED_AUDIT_FIELDS)
+
+    async def _issue(
+        self,
+        active: PolicyInForce,
+        user: User,
+        embed: str,
+        tenant: str | None,
+        service: ServiceConfig | None,
+        audit: dict[str, Any],
+    ) -> Grant:
+        policy = active.policy
+        started = time.perf_counter()
         try:
-            if service is not None:
-                assert tenant is not None
-                policy.authorize_service_tenant(service, tenant)
-            chosen = policy.resolve_tenant(user, tenant)
-            audit["tenant"] = chosen
-            rule = policy.authorize(user, chosen, embed, service)
-            audit["provider"] = rule.provider
-            provider = active.providers[rule.provider]
-            planned, plan = self._plan(policy, provider, user, chosen, rule)
-            audit["region"] = planned.region
+            with self._spans.span("policy.decide"):
+                if service is not None:
+                    assert tenant is not None
+                    policy.authorize_service_tenant(service, tenant)
+                chosen = policy.resolve_tenant(user, tenant)
+                audit["tenant"] = chosen
+                rule = policy.authorize(user, chosen, embed, service)
+                audit["provider"] = rule.provider
+                provider = active.providers[rule.provider]
+                planned, plan = self._plan(policy, provider, user, chosen, rule)
+                audit["region"] = planned.region
             decision = await self._limiter.hit(user_key=user_rate_key(user), tenant_key=chosen)
             if not decision.allowed:
                 raise RateLimited(
@@ -277,22 +298,32 @@ class TokenFlow:
             return token.remaining_ratio(self._clock()) >= cache_config.min_remaining_ratio
 
         if cache_config.enabled:
-            cached = await self._cache.get(key)
-            if cached is not None and fresh(cached):
+            with self._spans.span("cache.lookup") as span:
+                cached = await self._cache.get(key)
+                hit = cached is not None and fresh(cached)
+                span.set_attribute(attribute("cache"), "hit" if hit else "miss")
+            if hit:
+                assert cached is not None
                 return Obtained(cached, None), "hit"
 
         async def mint() -> Obtained:
-            plan = plan_for_vendor()
-            ttl_seconds = plan.embed.ttl_seconds
-            requested_at = self._clock()
-            try:
-                issued = await self._caller.issue(provider, plan.body, ttl_seconds, region)
-            except ProviderError as exc:
-                raise to_broker_error(exc) from None
-            token = CachedToken(issued.token, requested_at, issued.expires_at)
-            if cache_config.enabled:
-                await self._cache.put(key, token)
-            return Obtained(token, issued.vendor_status)
+            with self._spans.span("vendor.call") as span:
+                span.set_attribute(attribute("provider"), provider.name)
+                span.set_attribute(attribute("region"), region)
+                plan = plan_for_vendor()
+                ttl_seconds = plan.embed.ttl_seconds
+                requested_at = self._clock()
+                try:
+                    issued = await self._caller.issue(provider, plan.body, ttl_seconds, region)
+                except ProviderError as exc:
+                    raise to_broker_error(exc) from None
+                if issued.vendor_status is not None:  # None: signed locally (Metabase)
+                    span.set_attribute("http.response.status_code", issued.vendor_status)
+                span.set_attribute(attribute("outcome"), "ok")
+                token = CachedToken(issued.token, requested_at, issued.expires_at)
+                if cache_config.enabled:
+                    await self._cache.put(key, token)
+                return Obtained(token, issued.vendor_status)
 
         fleet = self._fleet
         if fleet is None or not cache_config.enabled:

@@ -21,6 +21,7 @@ from app.api.routing import TokenRouter
 from app.collector import ServingCollector
 from app.config.loader import load_policy_file
 from app.observability.metrics import Metrics
+from app.observability.tracing import Tracing
 from app.outbound import create_outbound_client, outbound_description
 from app.reload import PolicyReloader
 from app.runtime import Runtime
@@ -36,14 +37,22 @@ class State(TypedDict):
 
 
 def create_app(
-    settings: Settings | None = None, *, http_client: httpx.AsyncClient | None = None
+    settings: Settings | None = None,
+    *,
+    http_client: httpx.AsyncClient | None = None,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """Build the ASGI app. Settings come from the environment unless given.
 
     ``http_client`` replaces the outbound client the lifespan would build from the
-    ``BROKER_OUTBOUND_*`` settings (tests, benchmarks); its owner closes it.
+    ``BROKER_OUTBOUND_*`` settings (tests, benchmarks); its owner closes it, and traces
+    its calls if it wants them (wrap its transports with :meth:`Tracing.transport`).
+    ``tracing`` replaces what ``BROKER_OTEL_ENABLED`` and the ``OTEL_*`` variables
+    would give (tests hand in a provider with an in-memory exporter).
     """
     settings = settings if settings is not None else Settings()
+    if tracing is None:
+        tracing = Tracing.from_environment() if settings.otel_enabled else Tracing.off()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
@@ -54,9 +63,9 @@ def create_app(
         async with contextlib.AsyncExitStack() as owned:
             http = http_client
             if http is None:
-                http = create_outbound_client(settings.outbound_options())
+                http = create_outbound_client(settings.outbound_options(), wrap=tracing.transport)
                 owned.push_async_callback(http.aclose)
-            runtime = await Runtime.start(settings, config, http, metrics)
+            runtime = await Runtime.start(settings, config, http, metrics, tracing)
             reloader = PolicyReloader(runtime, settings.config, settings.reload_interval_seconds)
             try:
                 await reloader.start()
@@ -73,6 +82,8 @@ def create_app(
             finally:
                 await reloader.aclose()
                 await runtime.aclose()
+                # Exports what is still batched; blocking, so off the event loop.
+                await asyncio.to_thread(tracing.shutdown)
         log.info("broker.stopped")
 
     app = FastAPI(
@@ -82,6 +93,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,  # served by app.api.docs, per policy
+        # The request span (tracing on), or nothing at all (off): app.observability.tracing.
+        telemetry=tracing.fastapi_telemetry(),
     )
     install_exception_handlers(app)
     app.include_router(probes.router)
@@ -92,7 +105,7 @@ def create_app(
     # Added first = innermost; added last = outermost. The token routes are served by
     # TokenRouter only (app.api.routing), inside the request-id and CORS middleware:
     # every response, CORS ones included, gets a request id.
-    app.add_middleware(TokenRouter, routes=tokens.ROUTES)
+    app.add_middleware(TokenRouter, routes=tokens.ROUTES, on_route=tracing.route_hook())
     app.add_middleware(DynamicCORSMiddleware)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -42,7 +42,7 @@ import copy
 import functools
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar
 from importlib.metadata import version
@@ -447,6 +447,7 @@ def create_outbound_client(
     options: OutboundOptions,
     *,
     transport: AiohttpTransport | None = None,
+    wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
 ) -> OutboundClient:
     """The process's outbound client: proxies mounted per :func:`proxy_routes`.
 
@@ -454,15 +455,24 @@ def create_outbound_client(
     No redirects (a vendor or JWKS endpoint that redirects is misconfigured), no
     cookies, identity encoding (size caps on bodies then bound memory). Closing the
     client closes the pool. Raises :class:`OutboundConfigError` for unusable settings.
+
+    ``wrap`` is applied to the direct transport and to each proxy's, so that a request
+    passes through it exactly once whichever route it takes (tracing's client spans).
     """
     routes = proxy_routes(options)
     pool = transport or AiohttpTransport(ssl_context=tls_context(options))
-    views: dict[str, AiohttpTransport] = {}
+    views: dict[str, httpx.AsyncBaseTransport] = {}
     mounts: dict[str, httpx.AsyncBaseTransport | None] = {}
     for pattern, url in routes.items():
-        mounts[pattern] = None if url is None else views.setdefault(url, pool.via_proxy(url))
+        if url is None:
+            mounts[pattern] = None
+            continue
+        if url not in views:
+            view: httpx.AsyncBaseTransport = pool.via_proxy(url)
+            views[url] = wrap(view) if wrap is not None else view
+        mounts[pattern] = views[url]
     client = OutboundClient(
-        transport=pool,
+        transport=wrap(pool) if wrap is not None else pool,
         mounts=mounts,
         trust_env=False,
         cookies=NoCookies(),

@@ -21,6 +21,7 @@ from app.auth import JwksStore, SessionVerifier
 from app.config.models import PolicyConfig
 from app.issuance import Obtained, TokenFlow
 from app.observability.metrics import Metrics
+from app.observability.tracing import NO_SPANS, Tracing
 from app.outbound import outbound_description
 from app.policy import Policy
 from app.providers.base import AnyProvider
@@ -59,6 +60,7 @@ class Runtime:
     limiter: RateLimiter
     caller: VendorCaller
     flow: TokenFlow
+    tracing: Tracing = field(default_factory=Tracing.off)
     active: ActivePolicy = field(init=False)
     started_at: float = field(default_factory=time.time)
 
@@ -69,6 +71,7 @@ class Runtime:
         config: PolicyConfig,
         http: httpx.AsyncClient,
         metrics: Metrics,
+        tracing: Tracing | None = None,
     ) -> Runtime:
         """``http`` carries every outbound call; the caller owns (and closes) it."""
         redis: RedisHealth | None = None
@@ -106,8 +109,14 @@ class Runtime:
             limiter=limiter,
             caller=caller,
             flow=TokenFlow(
-                cache=token_cache, caller=caller, limiter=limiter, metrics=metrics, fleet=fleet
+                cache=token_cache,
+                caller=caller,
+                limiter=limiter,
+                metrics=metrics,
+                fleet=fleet,
+                spans=tracing.spans if tracing is not None else NO_SPANS,
             ),
+            tracing=tracing if tracing is not None else Tracing.off(),
         )
         runtime.active = await runtime.build(config)
         metrics.prepare(config)

@@ -12,6 +12,7 @@ a password and ``BROKER_CACHE_ENCRYPTION_KEY`` is a secret.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
     credentials, and the API answers one ``embed_not_allowed`` for unknown and forbidden
     embeds so that names cannot be enumerated; an operator who keeps ``/metrics``
     private may opt in."""
+
+    otel_enabled: bool = False
+    """OpenTelemetry tracing (app.observability.tracing); needs the ``otel`` extra. The
+    standard ``OTEL_*`` variables configure the exporter, sampler and resource."""
 
     outbound_proxy: SecretStr | None = None
     """Proxy URL for every outbound call; unset: HTTPS_PROXY / HTTP_PROXY / NO_PROXY apply."""
@@ -163,6 +168,19 @@ class Settings(BaseSettings):
             return None
         if len(value.get_secret_value().encode()) < MIN_ENCRYPTION_KEY_BYTES:
             raise ValueError(f"must be at least {MIN_ENCRYPTION_KEY_BYTES} bytes")
+        return value
+
+    @field_validator("otel_enabled")
+    @classmethod
+    def _otel_sdk_installed(cls, value: bool) -> bool:
+        # Refused here, not at the first span: the API ships with FastAPI, the SDK and
+        # the exporters only with the extra, and a broker that silently traces nothing
+        # is worse than one that does not start.
+        if value and importlib.util.find_spec("opentelemetry.sdk") is None:
+            raise ValueError(
+                "tracing needs the optional OpenTelemetry packages: install "
+                "token-broker[otel] (pip install 'token-broker[otel]'), or unset it"
+            )
         return value
 
 

@@ -23,7 +23,9 @@ What the router does, and all it does:
 - renders a :class:`~app.errors.BrokerError` as ``application/problem+json`` (the same
   ``problem_response`` the framework's exception handler uses); anything else
   propagates to ``RequestContextMiddleware``, which answers a bare 500;
-- sets ``scope["route"]`` as Starlette's router does, so metrics label by route path.
+- sets ``scope["route"]`` as Starlette's router does, so metrics label by route path,
+  and, with tracing on, hands the route to ``on_route`` (FastAPI's request span names
+  only the routes FastAPI routes itself).
 
 Everything else goes on to FastAPI unchanged.
 """
@@ -43,6 +45,8 @@ from app.asgi import route_path
 from app.errors import BrokerError, MethodNotAllowed
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+RouteHook = Callable[[str, str], None]
+"""(method, route path) of a matched token route."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +61,11 @@ class TokenRoute:
 
 
 class TokenRouter:
-    def __init__(self, app: ASGIApp, routes: Sequence[TokenRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Sequence[TokenRoute], on_route: RouteHook | None = None
+    ) -> None:
         self.app = app
+        self._on_route = on_route
         self._routes: dict[str, dict[str, TokenRoute]] = {}
         for route in routes:
             by_method = self._routes.setdefault(route.path, {})
@@ -83,6 +90,8 @@ class TokenRouter:
             await problem_response(error, request_id_of(request))(scope, receive, send)
             return
         scope["route"] = route  # as Starlette's router sets it (metrics label by its path)
+        if self._on_route is not None:
+            self._on_route(route.method, route.path)
         try:
             response = await route.endpoint(request)
         except BrokerError as exc:

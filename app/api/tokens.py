@@ -25,6 +25,7 @@ from app.config.models import ServiceConfig
 from app.errors import AuthenticationError, InvalidRequest, InvalidServiceKey, OriginNotAllowed
 from app.issuance import Grant, rate_limit_headers
 from app.observability.audit import session_rejected
+from app.observability.tracing import attribute
 from app.policy import ServiceUser
 from app.runtime import ActivePolicy, Runtime
 
@@ -76,16 +77,21 @@ def _token_response(grant: Grant) -> Response:
 
 async def _session_user(request: Request, runtime: Runtime, active: ActivePolicy) -> SessionUser:
     session = active.config.session
-    try:
-        token = extract_session_token(
-            request.headers,
-            cookie_name=session.cookie,
-            allow_origins=active.config.cors.allow_origins,
-        )
-        return await active.verifier.verify(token)
-    except (AuthenticationError, OriginNotAllowed) as exc:
-        session_rejected(runtime.metrics, exc, caller="session")
-        raise
+    with runtime.tracing.spans.span("session.verify") as span:
+        try:
+            token = extract_session_token(
+                request.headers,
+                cookie_name=session.cookie,
+                allow_origins=active.config.cors.allow_origins,
+            )
+            user = await active.verifier.verify(token)
+        except (AuthenticationError, OriginNotAllowed) as exc:
+            session_rejected(runtime.metrics, exc, caller="session")
+            raise
+        # The issuer names an IdP from the policy file; the user id stays out of traces.
+        span.set_attribute(attribute("issuer"), user.issuer)
+        span.set_attribute(attribute("outcome"), "ok")
+        return user
 
 
 async def create_token(request: Request) -> Response:
@@ -135,11 +141,14 @@ def _service_for(request: Request, active: ActivePolicy) -> tuple[str, ServiceCo
 async def create_token_for_service(request: Request) -> Response:
     runtime: Runtime = request.state.runtime
     active = runtime.active
-    try:
-        name, service = _service_for(request, active)
-    except InvalidServiceKey as exc:
-        session_rejected(runtime.metrics, exc, caller="service")
-        raise
+    with runtime.tracing.spans.span("service.authenticate") as span:
+        try:
+            name, service = _service_for(request, active)
+        except InvalidServiceKey as exc:
+            session_rejected(runtime.metrics, exc, caller="service")
+            raise
+        span.set_attribute(attribute("service"), name)
+        span.set_attribute(attribute("outcome"), "ok")
     wanted = await read_model(request, InternalTokenRequest)
     user = ServiceUser(
         id=wanted.user.id,

@@ -181,6 +181,8 @@ class SandboxState:
             "method": scope["method"],
             "path": scope["path"],
             "headers": headers,
+            # The W3C trace context the caller sent, if any (the broker's tracing tests).
+            "traceparent": headers.get("traceparent"),
             "body": body,
             "body_error": body_error,
             # The exact bytes received, for byte-level comparisons (explain's output).

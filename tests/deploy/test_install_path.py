@@ -212,6 +212,15 @@ def test_check_config_accepts_the_example(installed: Path, tmp_path: Path) -> No
     assert "valid" in output
 
 
+def test_the_image_can_trace(installed: Path, tmp_path: Path) -> None:
+    # The otel extra is installed, so tracing is a setting, not a rebuild.
+    env = clean_env({**read_env_file(ENV_EXAMPLE), "BROKER_OTEL_ENABLED": "true"})
+    output = run(
+        [str(installed / "token-broker"), "check-config", str(EXAMPLE_CONFIG)], tmp_path, env
+    )
+    assert "tracing on" in output
+
+
 def test_serve_becomes_ready_and_exits_0_on_sigterm(installed: Path, tmp_path: Path) -> None:
     port = free_port()
     base_url = f"http://{LOOPBACK}:{port}"

@@ -17,6 +17,7 @@ import httpx
 from jose import jwt
 
 from app.main import create_app
+from app.observability.tracing import Tracing
 from app.sandbox import SandboxSettings, create_sandbox_app
 from app.settings import Settings
 from tests.support.policies import AUDIENCE, BASE_ENV, HS_ISSUER, HS_SECRET, write_policy
@@ -96,6 +97,7 @@ def running_stack(
     document: dict[str, Any],
     *,
     env: Mapping[str, str] | None = None,
+    tracing: Tracing | None = None,
     **settings: Any,
 ) -> Iterator[Stack]:
     with serve_in_thread(create_sandbox_app(sandbox_settings())) as sandbox_url:
@@ -110,7 +112,7 @@ def running_stack(
         with contextlib.ExitStack() as stack:
             patch = stack.enter_context(_patched_env(variables))
             del patch
-            app = create_app(Settings(config=path, **settings))
+            app = create_app(Settings(config=path, **settings), tracing=tracing)
             broker_url = stack.enter_context(serve_in_thread(app))
             client = stack.enter_context(httpx.Client(timeout=30))
             yield Stack(broker=broker_url, sandbox=sandbox_url, policy_path=path, client=client)
