@@ -10,12 +10,15 @@ uvloop and httptools from uvicorn's ``auto`` choice, which picks both when insta
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import re
 import shutil
 import socket
 import statistics
+import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -214,8 +217,11 @@ class Bench:
         wrk_executable: str,
         broker_log_level: str,
         log: Callable[[str], None],
+        baseline_ref: str | None = None,
     ) -> None:
         self.profile = profile
+        self.baseline_ref = baseline_ref
+        """S1T's "before": a git ref; None: the commit before tracing arrived."""
         self.work_dir = work_dir
         self.supervisor = supervisor
         self.wrk = wrk_executable
@@ -267,17 +273,27 @@ class Bench:
         }
 
     def spawn_broker(
-        self, name: str, policy: Path | None = None, env: dict[str, str] | None = None
+        self,
+        name: str,
+        policy: Path | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        source: Path | None = None,
     ) -> Child:
         """``token-broker serve`` on a free port; returns without waiting for readiness.
-        ``env`` adds to (or overrides) the broker's environment."""
+        ``env`` adds to (or overrides) the broker's environment. ``source``: a folder
+        holding another version's ``app`` package (see :func:`baseline_source`), served
+        with this interpreter and its dependencies."""
         port = free_port()
+        command = (
+            [sys.executable, "-m", "app.cli"] if source is not None else token_broker_command()
+        )
         return self.supervisor.start(
             name,
-            [*token_broker_command(), "serve"],
+            [*command, "serve"],
             env={**self.broker_env(policy or self.policies.main, port), **(env or {})},
             port=port,
-            cwd=REPO_ROOT,
+            cwd=source if source is not None else REPO_ROOT,
         )
 
     def start_redis(self) -> tuple[Child, str]:
@@ -314,8 +330,14 @@ class Bench:
             time.sleep(0.02)
         return child, f"redis://{LOOPBACK}:{port}/0"
 
-    def start_broker(self, name: str = "broker") -> Child:
-        child = self.spawn_broker(name)
+    def start_broker(
+        self,
+        name: str = "broker",
+        *,
+        env: dict[str, str] | None = None,
+        source: Path | None = None,
+    ) -> Child:
+        child = self.spawn_broker(name, env=env, source=source)
         wait_for_status(child, "/readyz")
         return child
 
@@ -323,6 +345,11 @@ class Bench:
         if self.broker is None or not self.broker.running():
             self.broker = self.start_broker()
         return self.broker
+
+    def baseline(self) -> tuple[str, Path]:
+        """S1T's earlier version of the broker: (the ref, its unpacked source)."""
+        ref = self.baseline_ref if self.baseline_ref is not None else default_baseline_ref()
+        return ref, baseline_source(ref, self.work_dir)
 
     def restart_main_broker(self) -> Child:
         """A fresh process: empty token cache, empty session cache."""
@@ -571,6 +598,48 @@ def cpu_seconds(child: Child) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def default_baseline_ref() -> str:
+    """The commit before tracing arrived (the parent of the one that added
+    app/observability/tracing.py): "the code before" of the S1T row."""
+    added = _git("log", "--diff-filter=A", "--format=%H", "--", "app/observability/tracing.py")
+    commits = added.split()
+    if not commits:
+        raise HarnessError("no commit adds app/observability/tracing.py; pass --baseline-ref")
+    return f"{commits[-1]}^"
+
+
+def baseline_source(ref: str, work_dir: Path) -> Path:
+    """``app/`` and ``clients/js/`` of ``ref``, unpacked once under ``work_dir``: another
+    version of the broker that this interpreter's dependencies can serve."""
+    commit = _git("rev-parse", "--verify", f"{ref}^{{commit}}").strip()
+    destination = work_dir / f"baseline-{commit[:12]}"
+    if not (destination / "app" / "cli.py").is_file():
+        destination.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(
+            ["git", "archive", "--format=tar", commit, "app", "clients/js"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            raise HarnessError(f"git archive {commit[:12]} failed: {archive.stderr.decode()}")
+        with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+            tar.extractall(destination, filter="data")
+    return destination
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+        )
+    except OSError as exc:
+        raise HarnessError(f"git is needed for the baseline of S1T: {exc}") from None
+    if done.returncode != 0:
+        raise HarnessError(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
 def token_broker_command() -> list[str]:
     """The installed ``token-broker`` console script next to this interpreter."""
     script = Path(sys.executable).parent / "token-broker"
@@ -589,8 +658,10 @@ __all__ = [
     "Contender",
     "Profile",
     "background_load",
+    "baseline_source",
     "check_event_loop_stack",
     "cpu_seconds",
+    "default_baseline_ref",
     "median",
     "parse_counts",
 ]

@@ -3,6 +3,7 @@
     python -m bench.run                      # everything, full length (~16 minutes)
     python -m bench.run --quick              # shorter runs and soak (~5 minutes)
     python -m bench.run --scenarios S1,S3    # a subset
+    python -m bench.run --scenarios S1T      # tracing's cost on S1 (not in the default set)
     python -m bench.run --smoke --output-dir /tmp/x   # the test suite's end-to-end check
 
 Exit status: 0 every scenario met its target; 1 some target was missed; 2 something
@@ -32,7 +33,7 @@ from bench.harness import (
 )
 from bench.procs import HarnessError, Supervisor, Terminated, sigterm_raises
 from bench.report import build_document, environment, write_reports
-from bench.scenarios import SCENARIOS, Row, ScenarioResult
+from bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, Row, ScenarioResult
 
 EXIT_PASSED = 0
 EXIT_TARGET_MISSED = 1
@@ -62,8 +63,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
-        help="comma-separated subset, e.g. S1,S3 (default: all)",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset, e.g. S1,S3 (default: {','.join(DEFAULT_SCENARIOS)}; "
+        f"also {','.join(name for name in SCENARIOS if name not in DEFAULT_SCENARIOS)})",
     )
     parser.add_argument("--duration", type=float, help="seconds per timed run (whole seconds)")
     parser.add_argument("--pairs", type=int, help="A/B pairs per comparison (default 5; quick 3)")
@@ -75,6 +77,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="info",
         choices=["debug", "info", "warning", "error"],
         help="the broker's BROKER_LOG_LEVEL (default info: audit events on, as in production)",
+    )
+    parser.add_argument(
+        "--baseline-ref",
+        help="S1T: the git ref whose broker is 'before tracing' (default: the parent of the "
+        "commit that added app/observability/tracing.py)",
     )
     parser.add_argument(
         "--output-dir",
@@ -177,6 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 wrk_executable=executable,
                 broker_log_level=args.broker_log_level,
                 log=log,
+                baseline_ref=args.baseline_ref,
             )
             for name in names:
                 results.append(run_scenario(bench, name))

@@ -31,6 +31,7 @@ from bench.harness import (
     cpu_seconds,
     median,
 )
+from bench.otlp_sink import OtlpSink
 from bench.procs import LOOPBACK, Child, HarnessError, wait_for_status
 from bench.transports import TRANSPORTS
 
@@ -176,6 +177,116 @@ def s1_cache_hit(bench: Bench) -> ScenarioResult:
             "runs": {
                 "broker": [r.as_dict() for r in broker_runs],
                 "floor": [r.as_dict() for r in floor_runs],
+            },
+        },
+        problems=problems,
+    )
+
+
+# --- S1T: tracing's cost on S1 ------------------------------------------------------------
+
+S1T_OFF_TARGET = 0.95
+"""Off must cost nothing measurable: within the run-to-run spread of a shared machine."""
+
+
+def s1t_tracing_cost(bench: Bench) -> ScenarioResult:
+    """S1 three ways, round-robin in one run: the broker from before tracing existed,
+    this broker with tracing off (the default), and with it on (every request sampled,
+    spans exported over OTLP/HTTP to a receiver on loopback)."""
+    connections = 32
+    ref, source = bench.baseline()
+    session = bench.session("s1t-user")
+    problems: list[str] = []
+    with OtlpSink() as sink:
+        on_env = {
+            "BROKER_OTEL_ENABLED": "true",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url,
+            "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+        }
+        systems = {
+            "before": bench.start_broker("broker-before-tracing", source=source),
+            "off": bench.start_broker("broker-tracing-off"),
+            "on": bench.start_broker("broker-tracing-on", env=on_env),
+        }
+        try:
+            for name, child in systems.items():
+                bench.expect_token(child.url, session, f"S1T warm-up of {name}")
+
+            def warmup(contender: Contender) -> None:
+                wrk.run(
+                    bench.wrk,
+                    f"{systems[contender.name].url}/v1/tokens",
+                    "post_static.lua",
+                    [SESSION_BODY],
+                    connections=connections,
+                    duration_s=bench.profile.warmup_s,
+                    headers=[f"Authorization: Bearer {session}"],
+                )
+
+            def timed(child: Child) -> Callable[[], wrk.WrkResult]:
+                return lambda: bench.static_run(child, session, connections)
+
+            contenders = [Contender(name, timed(child)) for name, child in systems.items()]
+            before_runs, off_runs, on_runs = bench.alternate_all(contenders, warmup)
+        finally:
+            for child in systems.values():
+                bench.supervisor.stop(child)  # SIGTERM: the on broker flushes its spans
+        exported = {"exports": sink.exports, "bytes": sink.bytes}
+    for name, runs in (("before", before_runs), ("off", off_runs), ("on", on_runs)):
+        problems += _run_problems(f"tracing {name}", runs)
+    if not sink.exports:
+        problems.append("the broker with tracing on exported no spans to the OTLP receiver")
+    before_rps, off_rps, on_rps = (
+        median(run.rps for run in runs) for runs in (before_runs, off_runs, on_runs)
+    )
+    off_ratio = off_rps / before_rps if before_rps else 0.0
+    on_ratio = on_rps / off_rps if off_rps else 0.0
+    rows = [
+        Row(
+            f"S1T tracing off vs before tracing ({connections} conns)",
+            f"off {_rps(off_rps)}",
+            f"before {_rps(before_rps)}",
+            f"{off_ratio:.2f}",
+            f"≥ {S1T_OFF_TARGET} x before",
+            off_ratio >= S1T_OFF_TARGET,
+        ),
+        Row(
+            f"S1T tracing on vs off ({connections} conns, all sampled, OTLP)",
+            f"on {_rps(on_rps)}",
+            f"off {_rps(off_rps)}",
+            f"{on_ratio:.2f}",
+            "reported",
+            True,
+        ),
+    ]
+
+    def spread(runs: list[wrk.WrkResult]) -> list[float]:
+        return [round(min(r.rps for r in runs), 1), round(max(r.rps for r in runs), 1)]
+
+    return ScenarioResult(
+        "S1T",
+        "tracing's cost on S1: before tracing, off, on",
+        rows,
+        details={
+            "connections": connections,
+            "baseline_ref": ref,
+            "before_rps": round(before_rps, 1),
+            "off_rps": round(off_rps, 1),
+            "on_rps": round(on_rps, 1),
+            "off_vs_before": round(off_ratio, 3),
+            "on_vs_off": round(on_ratio, 3),
+            "spread_rps": {
+                "before": spread(before_runs),
+                "off": spread(off_runs),
+                "on": spread(on_runs),
+            },
+            "otlp_received": exported,
+            "runs": {
+                "before": [r.as_dict() for r in before_runs],
+                "off": [r.as_dict() for r in off_runs],
+                "on": [r.as_dict() for r in on_runs],
             },
         },
         problems=problems,
@@ -925,6 +1036,9 @@ SCENARIOS: dict[str, tuple[str, Callable[[Bench], ScenarioResult]]] = {
     "S7": ("repeat page loads", s7_repeat_loads),
     "S8": ("fleet herd", s8_fleet_herd),
     "S9": ("outbound transport: httpx's own vs the shipped one", s9_outbound_transports),
+    "S1T": ("tracing's cost on S1: before tracing, off, on", s1t_tracing_cost),
 }
+# What `make bench` runs; S1T is asked for by name (it needs git history for "before").
+DEFAULT_SCENARIOS = ("S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8", "S9")
 
-__all__ = ["SCENARIOS", "BrokerCounts", "Row", "ScenarioResult"]
+__all__ = ["DEFAULT_SCENARIOS", "SCENARIOS", "BrokerCounts", "Row", "ScenarioResult"]

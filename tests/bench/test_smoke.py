@@ -164,3 +164,45 @@ def test_memory_scenario_fills_the_cache_and_samples_rss(smoke_run: SmokeRun) ->
     assert memory["tokens_minted_by_fill"] >= memory["tokens_filled"] > 0
     assert memory["rss_mb"]["filled"] > 0
     assert memory["soak_rss_samples_mb"]
+
+
+def test_tracing_row_compares_before_off_and_on_in_one_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # S1T is asked for by name; HEAD as "before" needs no particular history.
+    _require_wrk()
+    output_dir = tmp_path_factory.mktemp("bench-s1t")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--smoke",
+            "--scenarios",
+            "S1T",
+            "--baseline-ref",
+            "HEAD",
+            "--output-dir",
+            str(output_dir),
+            "--work-dir",
+            str(tmp_path_factory.mktemp("bench-s1t-work")),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    run = SmokeRun(completed, output_dir)
+    assert completed.returncode in (0, 1), run.explain()
+    tracing = run.document()["scenarios"]["S1T"]
+    assert tracing["status"] in ("pass", "fail"), tracing.get("error")
+    assert tracing["baseline_ref"] == "HEAD"
+    assert [row["scenario"].split(" (")[0] for row in tracing["rows"]] == [
+        "S1T tracing off vs before tracing",
+        "S1T tracing on vs off",
+    ]
+    runs = tracing["runs"]
+    assert len(runs["before"]) == len(runs["off"]) == len(runs["on"]) >= 1
+    assert all(r["ok_requests"] > 0 for r in runs["before"] + runs["off"] + runs["on"])
+    assert tracing["otlp_received"]["exports"] > 0  # on really traced and exported
