@@ -26,8 +26,13 @@ import httpx
 import pytest
 import trustme
 from aiohttp.abc import AbstractResolver, ResolveResult
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from app.auth import JwksStore
+from app.observability.tracing import Tracing
 from app.outbound import AiohttpTransport, OutboundOptions, create_outbound_client, tls_context
 from app.providers.embeddable import EmbeddableConfig, EmbeddableProvider
 from app.providers.errors import ProviderConnectError, ProviderProxyError
@@ -254,6 +259,33 @@ async def test_standard_variables_route_through_the_proxy_except_no_proxy(
 
     assert token and keys == 1
     # The vendor went through the proxy; the JWKS host is in NO_PROXY: direct.
+    assert [(e["method"], e["target"]) for e in proxy.carried()] == [
+        ("CONNECT", f"localhost:{tls_origin}")
+    ]
+
+
+async def test_traced_calls_get_one_client_span_each_proxied_or_direct(
+    proxy: ForwardProxy, tls_origin: int, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tracing wraps the direct transport and each proxy route's: one span per call.
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing.with_provider(provider)
+    options = OutboundOptions(ca_bundle=pki.ca_file)
+    async with create_outbound_client(options, wrap=tracing.transport) as client:
+        token = await vendor_token(client, f"https://localhost:{tls_origin}/embeddable/eu")
+        keys = await jwks_keys(client, f"https://127.0.0.1:{tls_origin}/jwks.json")
+    provider.shutdown()
+
+    assert token and keys == 1
+    spans = exporter.get_finished_spans()
+    assert sorted(((s.attributes or {})["server.address"], s.kind) for s in spans) == [
+        ("127.0.0.1", SpanKind.CLIENT),  # JWKS, direct (NO_PROXY)
+        ("localhost", SpanKind.CLIENT),  # the vendor, through the proxy
+    ]
     assert [(e["method"], e["target"]) for e in proxy.carried()] == [
         ("CONNECT", f"localhost:{tls_origin}")
     ]
