@@ -214,7 +214,7 @@ def test_check_config_accepts_the_example(installed: Path, tmp_path: Path) -> No
 
 def test_the_image_can_trace(installed: Path, tmp_path: Path) -> None:
     # The otel extra is installed, so tracing is a setting, not a rebuild.
-    env = clean_env({**read_env_file(ENV_EXAMPLE), "BROKER_OTEL_ENABLED": "true"})
+    env = clean_env({**example_env(ENV_EXAMPLE), "BROKER_OTEL_ENABLED": "true"})
     output = run(
         [str(installed / "token-broker"), "check-config", str(EXAMPLE_CONFIG)], tmp_path, env
     )
