@@ -55,6 +55,8 @@ import certifi
 import httpx
 from aiohttp.abc import AbstractResolver
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_parser import RawResponseMessage
+from aiohttp.streams import StreamReader
 from httpx._utils import get_environment_proxies
 
 MAX_CONNECTIONS: Final = 512
@@ -201,22 +203,82 @@ def describe(routes: Mapping[str, str | None]) -> dict[str, Any]:
 # --- the transport --------------------------------------------------------------------
 
 
+HEAD_SCAN_LIMIT: Final = 64 * 1024
+"""How much of a response is searched for the end of its head (aiohttp refuses longer
+heads anyway); a head not found within it leaves the connection unfit for reuse."""
+
+
 class _WatchedHandler(ResponseHandler):
-    """aiohttp's connection protocol, counting the bytes it received."""
+    """aiohttp's connection protocol, keeping the count that says whether the connection
+    is still in step with its peer: every byte received belongs to an answer.
+
+    Two ways it can fall out of step, both closing the connection instead of pooling it:
+
+    - bytes arrive while it sits idle in the pool (a stray answer sent late): the count
+      moved since release (:meth:`_GuardedConnector._get`);
+    - bytes arrive past the end of the answer, in the same read (a stray answer sent in
+      the same write, or its first part): more bytes than the answer's head and body
+      (:meth:`overran`). aiohttp drops a connection with a whole second message
+      buffered, but a *partial* one lives on inside its parser, and the rest, arriving
+      after the next request went out, would be read as that request's answer.
+    """
 
     received_bytes = 0
     received_at_release = 0
+    _answer_from = 0
+    _head: bytearray | None = None
+    _head_length: int | None = None
+    _answer: StreamReader | None = None
+    _last_bytes = b""
+
+    def set_response_params(self, **kwargs: Any) -> None:
+        # Called once per request, before it is sent: a new answer starts here.
+        super().set_response_params(**kwargs)
+        self._answer_from = self.received_bytes
+        self._head = bytearray()
+        self._head_length = None
+        self._answer = None
 
     def data_received(self, data: bytes) -> None:
         self.received_bytes += len(data)
+        head = self._head
+        if head is not None and self._head_length is None and len(head) < HEAD_SCAN_LIMIT:
+            start = max(0, len(head) - 3)
+            head += data[: HEAD_SCAN_LIMIT - len(head)]
+            end = head.find(b"\r\n\r\n", start)
+            if end >= 0:
+                self._head_length = end + 4
+                self._head = None
+        self._last_bytes = (self._last_bytes + data[-4:])[-4:]
         super().data_received(data)
+
+    def feed_data(self, data: tuple[RawResponseMessage, StreamReader], size: int = 0) -> None:
+        # Each parsed answer passes here on its way to the waiting response.
+        if self._answer is None:
+            self._answer = data[1]
+        super().feed_data(data, size)
+
+    def overran(self) -> bool:
+        """Whether bytes arrived past the end of the answer to the last request.
+
+        With a ``Content-Length`` the answer ends exactly after its head and body; a
+        chunked answer ends with an empty line (``0\\r\\n\\r\\n``), which no partial
+        next answer can end with (an answer's head ends at its first empty line, and a
+        complete one is already refused by aiohttp). Anything else: out of step.
+        """
+        if self._head_length is None:
+            return True
+        body = self._answer.total_bytes if self._answer is not None else 0
+        received = self.received_bytes - self._answer_from
+        return received != self._head_length + body and self._last_bytes != b"\r\n\r\n"
 
 
 class _GuardedConnector(aiohttp.TCPConnector):
-    """aiohttp's pool, but a connection that received bytes while idle is never reused.
+    """aiohttp's pool, but a connection out of step with its peer is never reused.
 
     aiohttp checks only that an idle connection is still open; a stray response that
-    arrived while it sat in the pool would be read as the answer to the next request.
+    arrived while it sat in the pool, or the start of one that arrived just behind the
+    answer, would be read as the answer to the next request (:class:`_WatchedHandler`).
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -226,6 +288,7 @@ class _GuardedConnector(aiohttp.TCPConnector):
     def _release(self, key: Any, protocol: ResponseHandler, *, should_close: bool = False) -> None:
         if isinstance(protocol, _WatchedHandler):
             protocol.received_at_release = protocol.received_bytes
+            should_close = should_close or protocol.overran()
         super()._release(key, protocol, should_close=should_close)
 
     async def _get(self, key: Any, traces: list[Any]) -> aiohttp.connector.Connection | None:

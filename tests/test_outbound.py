@@ -1,17 +1,18 @@
 """app.outbound: the stray-response guard (issue 14 item 5), proxy routing, descriptions.
 
-The malicious vendor is a raw-socket server on loopback: it answers the first request
-on a connection, then sends an unsolicited second response on the kept-alive
-connection. Whoever asks next on that connection, another tenant's user, must never
-read it.
+The malicious vendor is :func:`tests.support.rogue.rogue_server`, raw sockets on
+loopback in a thread of its own: it answers alice's token call, then sends the same
+answer again, unasked, on the kept-alive connection (300 ms later while the connection
+sits in the client's pool, or in the same write, or split across both). The next call,
+bob's (another tenant, another region of the same vendor host), must get bob's token:
+never alice's. Against aiohttp's own pool (the control) the same attack succeeds.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+import base64
+import json
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import httpx
@@ -27,160 +28,183 @@ from app.outbound import (
     without_credentials,
 )
 from app.providers.embeddable import EmbeddableConfig, EmbeddableProvider
-from tests.providers.test_http import jwt_with
+from tests.support.eventually import eventually_async
+from tests.support.rogue import (
+    RogueRequest,
+    RogueServer,
+    Trailing,
+    http_response,
+    rogue_server,
+    unread_bytes_from,
+)
 
 pytestmark = pytest.mark.anyio
 
+ALICE = "alice-of-acme"
+BOB = "bob-of-globex"
+SPLIT_AT = 20  # the stray answer's first bytes: part of its status line
 
-def _response(token: str) -> bytes:
-    body = orjson.dumps({"token": token})
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
-        len(body),
-        body,
+
+def vendor_token(user: str) -> str:
+    """A JWT-shaped token (the vendor alphabet) that names the user it was issued to."""
+
+    def part(value: bytes) -> str:
+        return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
+
+    claims = orjson.dumps({"user": user, "exp": 4_102_444_800})
+    return ".".join([part(b'{"alg":"none"}'), part(claims), part(b"sig")])
+
+
+def user_of(token: str) -> str:
+    payload = token.split(".")[1]
+    return str(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["user"])
+
+
+def token_answer(user: str) -> bytes:
+    body = orjson.dumps({"token": vendor_token(user)})
+    return http_response(200, body, {"Content-Type": "application/json"}, reason="OK")
+
+
+# How the stray copy of alice's answer arrives, and how many stray writes that takes
+# before bob asks (split-next sends its second part only when bob's request arrives).
+MODES: dict[str, tuple[dict[str, object], int]] = {
+    "late": ({"later": "all"}, 1),
+    "same-write": ({"now": "all"}, 1),
+    "split-late": ({"now": "head", "later": "rest"}, 2),
+    "split-next": ({"now": "head", "later": "rest", "later_on_next_request": True}, 1),
+}
+
+
+def trailing(mode: str, answer: bytes) -> Trailing:
+    plan, _ = MODES[mode]
+    parts = {"all": answer, "head": answer[:SPLIT_AT], "rest": answer[SPLIT_AT:]}
+    return Trailing(
+        answer=answer,
+        now=parts[str(plan["now"])] if "now" in plan else b"",
+        later=parts[str(plan["later"])] if "later" in plan else b"",
+        later_on_next_request=bool(plan.get("later_on_next_request", False)),
     )
 
 
-@dataclass
-class StrayVendor:
-    """Answers each request with a token naming its connection and request; after the
-    first answer on a connection it sends a stray answer (at once, in the same write,
-    or later, while the connection sits idle in the client's pool)."""
-
-    delayed: bool
-    port: int = 0
-    stray_sent: asyncio.Event = field(default_factory=asyncio.Event)
-    connections: int = 0
-    writers: list[asyncio.StreamWriter] = field(default_factory=list)
-
-    def token(self, label: str) -> str:
-        return jwt_with({"label": label, "exp": 4_102_444_800})
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        self.writers.append(writer)
-        connection = self.connections
-        requests = 0
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line.split(b":", 1)[1])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                await reader.readexactly(length)
-                requests += 1
-                answer = _response(self.token(f"conn{connection}-request{requests}"))
-                if requests > 1:
-                    writer.write(answer)
-                    await writer.drain()
-                    continue
-                stray = _response(self.token("stray-answer-for-nobody"))
-                if self.delayed:
-                    writer.write(answer)
-                    await writer.drain()
-                    # The client has its answer and has pooled the connection by now:
-                    # its next read on this socket sees the stray bytes first.
-                    await asyncio.sleep(0.3)
-                    writer.write(stray)
-                else:
-                    writer.write(answer + stray)
-                await writer.drain()
-                self.stray_sent.set()
+@pytest.fixture
+def stray_mode() -> str:
+    return "late"
 
 
-@contextlib.asynccontextmanager
-async def stray_vendor(*, delayed: bool) -> AsyncIterator[StrayVendor]:
-    vendor = StrayVendor(delayed=delayed)
-    server = await asyncio.start_server(vendor.handle, "127.0.0.1", 0)
-    vendor.port = int(server.sockets[0].getsockname()[1])
-    try:
-        yield vendor
-    finally:
-        server.close()
-        for writer in vendor.writers:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-        await server.wait_closed()
+@pytest.fixture
+def rogue(stray_mode: str) -> Iterator[RogueServer]:
+    def respond(request: RogueRequest) -> bytes | Trailing:
+        user = str(json.loads(request.body)["user"])
+        answer = token_answer(user)
+        return trailing(stray_mode, answer) if user == ALICE else answer
+
+    with rogue_server(respond) as server:
+        yield server
 
 
-async def _loop_has_read(vendor: StrayVendor) -> None:
-    """Wait until the stray answer was sent and the client's loop has run its reads."""
-    await vendor.stray_sent.wait()
-    # A full poll of the loop: the socket with the stray bytes was readable in it.
-    _, writer = await asyncio.open_connection("127.0.0.1", vendor.port)
-    writer.close()
-    await writer.wait_closed()
+async def strays_read(rogue: RogueServer, mode: str) -> None:
+    """Until the stray bytes were sent and the client's event loop has read them all."""
+    _, writes = MODES[mode]
+    port = int(rogue.url.rsplit(":", 1)[1])
+    await eventually_async(
+        lambda: rogue.strays_sent >= writes and unread_bytes_from(port) == 0,
+        what="the stray answer sent and read by the client",
+    )
 
 
-def _label(token: str) -> str:
-    import base64
-
-    payload = token.split(".")[1]
-    claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return str(claims["label"])
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with create_outbound_client(OutboundOptions(trust_env=False)) as outbound:
+        yield outbound
 
 
-@pytest.mark.parametrize("delayed", [True, False], ids=["stray-while-idle", "stray-with-answer"])
-async def test_a_stray_answer_never_reaches_the_next_caller(delayed: bool) -> None:
-    async with (
-        stray_vendor(delayed=delayed) as vendor,
-        create_outbound_client(OutboundOptions(trust_env=False)) as client,
-    ):
-        url = f"http://127.0.0.1:{vendor.port}/api/v1/security-token"
-        first = await client.post(url, content=b"{}")
-        await _loop_has_read(vendor)
-        second = await client.post(url, content=b"{}")
-
-    assert _label(first.json()["token"]) == "conn1-request1"
-    # Not "stray-answer-for-nobody", nor conn1's: a fresh connection answered.
-    assert _label(second.json()["token"]) != "stray-answer-for-nobody"
-    assert _label(second.json()["token"]).endswith("-request1")
+def two_region_provider(rogue: RogueServer, client: httpx.AsyncClient) -> EmbeddableProvider:
+    """Two tenants' accounts (regions) of one vendor on one host: one pool serves both."""
+    config = EmbeddableConfig.model_validate(
+        {
+            "type": "embeddable",
+            "regions": {
+                "eu": {"api_key": "eu-key-0123456789", "base_url": f"{rogue.url}/eu"},
+                "us": {"api_key": "us-key-0123456789", "base_url": f"{rogue.url}/us"},
+            },
+        }
+    )
+    return EmbeddableProvider("embeddable", config, http_client=client)
 
 
-async def test_the_control_plain_aiohttp_hands_the_stray_answer_on() -> None:
-    """The same vendor against aiohttp's own pool: the next caller gets the stray answer.
-    (This is the attack the guard above stops; it keeps the scenario honest.)"""
-    async with stray_vendor(delayed=True) as vendor, aiohttp.ClientSession() as session:
-        url = f"http://127.0.0.1:{vendor.port}/"
-        async with session.post(url, data=b"{}") as first:
-            await first.read()
-        await _loop_has_read(vendor)
-        async with session.post(url, data=b"{}") as second:
-            token = orjson.loads(await second.read())["token"]
-
-    assert _label(token) == "stray-answer-for-nobody"
+def body(user: str) -> dict[str, str]:
+    return {"embeddableId": "c2b1a0de-0000-4000-8000-000000000001", "user": user}
 
 
-async def test_one_regions_stray_answer_never_becomes_another_regions_token() -> None:
-    """Two regions (two tenants' accounts) on one vendor host share the pool: a stray
-    answer after a ``us`` token must not become the ``eu`` user's token."""
-    async with (
-        stray_vendor(delayed=True) as vendor,
-        create_outbound_client(OutboundOptions(trust_env=False)) as client,
-    ):
-        base = f"http://127.0.0.1:{vendor.port}"
-        config = EmbeddableConfig.model_validate(
-            {
-                "type": "embeddable",
-                "regions": {
-                    "us": {"api_key": "us-key-0123456789", "base_url": f"{base}/us"},
-                    "eu": {"api_key": "eu-key-0123456789", "base_url": f"{base}/eu"},
-                },
-            }
+@pytest.mark.parametrize("stray_mode", list(MODES))
+@pytest.mark.parametrize("bob_region", ["us", "eu"], ids=["other-region", "same-region"])
+async def test_a_stray_answer_never_reaches_the_next_caller(
+    rogue: RogueServer, client: httpx.AsyncClient, stray_mode: str, bob_region: str
+) -> None:
+    provider = two_region_provider(rogue, client)
+
+    alice = await provider.issue(body(ALICE), 600, "eu")
+    await strays_read(rogue, stray_mode)
+    bob = await provider.issue(body(BOB), 600, bob_region)
+
+    assert user_of(alice.token) == ALICE
+    assert user_of(bob.token) == BOB  # before the guard: ALICE (the stray answer)
+    # Alice's connection was dropped, not reused: bob's call opened a second one.
+    assert rogue.connections == 2
+
+
+async def test_a_well_behaved_vendors_connection_is_reused(
+    rogue: RogueServer, client: httpx.AsyncClient
+) -> None:
+    # The guard must not cost keep-alive: without stray bytes, one connection serves all.
+    provider = two_region_provider(rogue, client)
+    for user in (BOB, "carol", "dave"):
+        issued = await provider.issue(body(user), 600, "us")
+        assert user_of(issued.token) == user
+    assert rogue.connections == 1
+
+
+async def test_a_chunked_answer_keeps_its_connection_too(client: httpx.AsyncClient) -> None:
+    # A chunked answer's end is its empty last chunk, not a length: still reusable.
+    def respond(request: RogueRequest) -> bytes:
+        payload = orjson.dumps({"token": vendor_token(str(json.loads(request.body)["user"]))})
+        chunks = b"".join(
+            b"%x\r\n%s\r\n" % (len(part), part) for part in (payload[:9], payload[9:])
         )
-        provider = EmbeddableProvider("embeddable", config, http_client=client)
-        body = {"embeddableId": "c2b1a0de-0000-4000-8000-000000000001", "user": "u"}
-        us = await provider.issue(body, 600, "us")
-        await _loop_has_read(vendor)
-        eu = await provider.issue(body, 600, "eu")
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
 
-    assert _label(us.token) == "conn1-request1"
-    assert _label(eu.token) not in ("stray-answer-for-nobody", "conn1-request1")
+    with rogue_server(respond) as rogue:
+        provider = two_region_provider(rogue, client)
+        for user in (BOB, "carol"):
+            issued = await provider.issue(body(user), 600, "us")
+            assert user_of(issued.token) == user
+        assert rogue.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("stray_mode", "bob_gets"),
+    [("late", ALICE), ("split-late", ALICE), ("split-next", "an error"), ("same-write", BOB)],
+)
+async def test_the_control_aiohttps_own_pool_hands_the_stray_answer_on(
+    rogue: RogueServer, stray_mode: str, bob_gets: str
+) -> None:
+    """The same vendor against a plain aiohttp pool: the attack the guard stops works
+    there. aiohttp alone drops a connection with a *whole* second answer buffered, and
+    parses each answer with a new parser, so a stray's rest arriving after the next
+    request left breaks that request instead of answering it."""
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{rogue.url}/eu", json=body(ALICE)) as first:
+            alice = orjson.loads(await first.read())["token"]
+        await strays_read(rogue, stray_mode)
+        try:
+            async with session.post(f"{rogue.url}/us", json=body(BOB)) as second:
+                bob = user_of(orjson.loads(await second.read())["token"])
+        except aiohttp.ClientResponseError:
+            bob = "an error"
+
+    assert user_of(alice) == ALICE
+    assert bob == bob_gets
 
 
 # --- proxy routes and what is shown -------------------------------------------------------

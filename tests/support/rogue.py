@@ -20,8 +20,26 @@ from dataclasses import dataclass, field
 
 from tests.support.servers import LOOPBACK
 
-Responder = Callable[["RogueRequest"], bytes | None]
-"""The bytes to answer with, or None to never answer (hold the connection open)."""
+Responder = Callable[["RogueRequest"], "bytes | Trailing | None"]
+"""The bytes to answer with, an answer with unsolicited bytes behind it (:class:`Trailing`),
+or None to never answer (hold the connection open)."""
+
+
+@dataclass(frozen=True)
+class Trailing:
+    """An answer followed by bytes nobody asked for, on the same kept-alive connection.
+
+    ``now`` goes out in the same write as the answer; ``later`` after ``delay_seconds``
+    (the attack: the client has pooled the connection by then), or, with
+    ``later_on_next_request``, just before the answer to the next request on the
+    connection (a middlebox's delayed segment that arrives after the next request left).
+    """
+
+    answer: bytes
+    now: bytes = b""
+    later: bytes = b""
+    delay_seconds: float = 0.3
+    later_on_next_request: bool = False
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,11 @@ class RogueServer:
     """Requests held open right now (``respond`` returned None)."""
     release: Callable[[], None] = lambda: None
     """Ask ``respond`` again for every held request and answer it (or keep holding)."""
+    strays_sent: int = 0
+    """:class:`Trailing` parts due so far (``now`` and ``later`` each count once written,
+    or once dropped because the client had already closed the connection)."""
+    connections: int = 0
+    """Connections accepted so far."""
 
 
 def http_response(
@@ -94,10 +117,24 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
     state: dict[str, object] = {}
 
     writers: set[asyncio.StreamWriter] = set()
+    late: set[asyncio.Task[None]] = set()  # Trailing parts still to send (cancelled at stop)
     release_event = asyncio.Event()
+
+    async def send_later(writer: asyncio.StreamWriter, trailing: Trailing) -> None:
+        await asyncio.sleep(trailing.delay_seconds)  # the attack's timing, not a wait
+        try:
+            if not writer.is_closing():
+                writer.write(trailing.later)
+                await writer.drain()
+        except ConnectionError:
+            pass  # the client had closed the connection: nothing can reach it
+        finally:
+            server.strays_sent += 1
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writers.add(writer)
+        server.connections += 1
+        pending = b""  # a Trailing's later part, held for the next request
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -127,6 +164,22 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
                     with contextlib.suppress(asyncio.CancelledError):
                         await eof
                     answer = server.respond(request)
+                if pending:
+                    writer.write(pending)
+                    server.strays_sent += 1
+                    pending = b""
+                if isinstance(answer, Trailing):
+                    writer.write(answer.answer + answer.now)
+                    await writer.drain()
+                    if answer.now:
+                        server.strays_sent += 1
+                    if answer.later and answer.later_on_next_request:
+                        pending = answer.later
+                    elif answer.later:
+                        task = asyncio.ensure_future(send_later(writer, answer))
+                        late.add(task)
+                        task.add_done_callback(late.discard)
+                    continue
                 writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
@@ -168,6 +221,8 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
             listener = state["listener"]
             assert isinstance(listener, asyncio.Server)
             listener.close()
+            for task in list(late):
+                task.cancel()
             for writer in list(writers):
                 writer.close()
             await listener.wait_closed()
@@ -176,6 +231,25 @@ def rogue_server(respond: Responder) -> Iterator[RogueServer]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+def unread_bytes_from(port: int) -> int:
+    """Bytes that loopback connections to ``port`` have received but their owner (the
+    broker, or this test's own client) has not read yet (``rx_queue`` in /proc/net/tcp).
+
+    0 once every stray byte a rogue server sent has been read by the client's event loop,
+    which hands them to the connection's protocol in the same step.
+    """
+    unread = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+                if remote_port == port and fields[3] == "01":  # ESTABLISHED, client side
+                    unread += int(fields[4].split(":")[1], 16)
+    return unread
 
 
 def peak_rss_bytes(pid: int) -> int:
