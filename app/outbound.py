@@ -25,9 +25,12 @@ hand-written transport was faster still in CPU per call but supported none of th
 enterprise settings and was deleted for that reason.
 
 One guard is added to aiohttp's pool: a kept-alive connection that receives bytes
-while no request is in flight (a stray second response from a vendor or middlebox) is
-closed, never reused: otherwise the *next* caller on it, another tenant's user, would
-read the first user's token (issue 14 item 5; :class:`_GuardedConnector`).
+while no request is in flight (a stray second response from a vendor or middlebox), or
+more bytes than the answer it was reading, is closed, never reused: otherwise the
+*next* caller on it, another tenant's user, would read the first user's token (issue
+14 item 5; :class:`_GuardedConnector`). That rule, not a pool per tenant or region, is
+what keeps answers apart: the pool is shared by every provider and region on a host
+(docs/outbound.md explains why).
 
 Exceptions follow httpx's tree (``httpx.TransportError``): ``ProxyError``,
 ``ConnectError`` (TCP/TLS/DNS; nothing was sent), ``ConnectTimeout``, ``ReadTimeout``,
