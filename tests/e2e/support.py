@@ -18,11 +18,10 @@ import pytest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.main import create_app
-from app.sandbox import create_sandbox_app
 from app.settings import Settings
-from tests.support.policies import BASE_ENV, base_policy, write_policy
+from tests.support.policies import base_policy, write_policy
 from tests.support.servers import serve_in_thread
-from tests.support.stack import sandbox_settings
+from tests.support.stack import sandbox_env, serving_sandbox
 
 CLIENT_JS = Path(__file__).resolve().parents[2] / "clients" / "js" / "token-broker.js"
 COOKIE_NAME = "broker_session"
@@ -201,16 +200,10 @@ def running_e2e_stack(directory: Path) -> Iterator[E2EStack]:
     pages = Pages()
     with (
         serve_in_thread(pages) as page_origin,
-        serve_in_thread(create_sandbox_app(sandbox_settings())) as sandbox_url,
+        serving_sandbox() as sandbox_url,
         pytest.MonkeyPatch.context() as patch,
     ):
-        env = {
-            **BASE_ENV,
-            "EMBEDDABLE_US_URL": f"{sandbox_url}/embeddable/us",
-            "EMBEDDABLE_EU_URL": f"{sandbox_url}/embeddable/eu",
-            "DATABRAIN_URL": f"{sandbox_url}/databrain",
-        }
-        for key, value in env.items():
+        for key, value in sandbox_env(sandbox_url).items():
             patch.setenv(key, value)
         path = write_policy(directory, e2e_policy(page_origin, sandbox_url))
         recorder = Recorder(create_app(Settings(config=path)))

@@ -21,11 +21,9 @@ from typing import Any
 import httpx
 import orjson
 
-from app.sandbox import create_sandbox_app
 from tests.support.eventually import eventually
-from tests.support.policies import BASE_ENV
-from tests.support.servers import LOOPBACK, free_port, serve_in_thread
-from tests.support.stack import bearer, sandbox_settings, session_token
+from tests.support.servers import LOOPBACK, free_port
+from tests.support.stack import bearer, sandbox_env, serving_sandbox, session_token
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_SECONDS = 30.0
@@ -79,7 +77,7 @@ class Sandbox:
 @contextlib.contextmanager
 def running_sandbox() -> Iterator[Sandbox]:
     with (
-        serve_in_thread(create_sandbox_app(sandbox_settings())) as url,
+        serving_sandbox() as url,
         httpx.Client(timeout=30) as client,
     ):
         yield Sandbox(url=url, client=client)
@@ -94,10 +92,7 @@ def broker_environment(sandbox_url: str, **settings: str) -> dict[str, str]:
     }
     return {
         **inherited,
-        **BASE_ENV,
-        "EMBEDDABLE_US_URL": f"{sandbox_url}/embeddable/us",
-        "EMBEDDABLE_EU_URL": f"{sandbox_url}/embeddable/eu",
-        "DATABRAIN_URL": f"{sandbox_url}/databrain",
+        **sandbox_env(sandbox_url),
         "BROKER_LOG_LEVEL": "info",
         "BROKER_ACCESS_LOG": "false",
         "BROKER_RELOAD_INTERVAL_SECONDS": "0",

@@ -27,7 +27,7 @@ from app.settings import Settings
 from tests.support.eventually import eventually, eventually_async
 from tests.support.policies import BASE_ENV, base_policy, write_policy
 from tests.support.servers import LOOPBACK, free_port
-from tests.support.stack import session_token
+from tests.support.stack import sandbox_env, session_token
 
 pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,12 +137,7 @@ class InProcessApp:
 async def test_granted_tokens_leave_no_cyclic_garbage(
     sandbox_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in {
-        **BASE_ENV,
-        "EMBEDDABLE_US_URL": f"{sandbox_url}/embeddable/us",
-        "EMBEDDABLE_EU_URL": f"{sandbox_url}/embeddable/eu",
-        "DATABRAIN_URL": f"{sandbox_url}/databrain",
-    }.items():
+    for key, value in sandbox_env(sandbox_url).items():
         monkeypatch.setenv(key, value)
     path = write_policy(tmp_path, base_policy())
     broker = InProcessApp(create_app(Settings(config=path, gc_full_interval_seconds=0)))

@@ -24,12 +24,11 @@ from app.observability.logging import (
     STOP_TIMEOUT_SECONDS,
     LogFormat,
 )
-from app.sandbox import create_sandbox_app
 from tests.support.eventually import eventually
-from tests.support.policies import BASE_ENV, base_policy, write_policy
+from tests.support.policies import base_policy, write_policy
 from tests.support.process import ROOT, BrokerProcess, broker_process
-from tests.support.servers import LOOPBACK, free_port, serve_in_thread
-from tests.support.stack import bearer, sandbox_settings, session_token
+from tests.support.servers import LOOPBACK, free_port
+from tests.support.stack import bearer, sandbox_env, serving_sandbox, session_token
 
 pytestmark = pytest.mark.slow
 
@@ -43,17 +42,8 @@ SHUTDOWN_SECONDS = 10  # the broker's default drain
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
-    with serve_in_thread(create_sandbox_app(sandbox_settings())) as url:
+    with serving_sandbox() as url:
         yield url
-
-
-def vendor_env(sandbox: str) -> dict[str, str]:
-    return {
-        **BASE_ENV,
-        "EMBEDDABLE_US_URL": f"{sandbox}/embeddable/us",
-        "EMBEDDABLE_EU_URL": f"{sandbox}/embeddable/eu",
-        "DATABRAIN_URL": f"{sandbox}/databrain",
-    }
 
 
 def ask(broker: BrokerProcess, embed: str, request_id: str) -> httpx.Response:
@@ -100,7 +90,7 @@ def test_access_lines_audit_events_and_errors_in_each_format(
 ) -> None:
     path = write_policy(tmp_path, base_policy())
     with broker_process(
-        path, tmp_path, vendor_env(sandbox), extra_env={"BROKER_LOG_FORMAT": log_format}
+        path, tmp_path, sandbox_env(sandbox), extra_env={"BROKER_LOG_FORMAT": log_format}
     ) as broker:
         assert ask(broker, "sales-overview", "req-log-1").status_code == 200
         assert ask(broker, FORGED_EMBED, "req-log-2").status_code in (403, 404)
@@ -143,7 +133,7 @@ def test_a_start_up_failure_is_one_line_in_either_format(
             cwd=ROOT,
             env={
                 **os.environ,
-                **vendor_env("http://127.0.0.1:9"),
+                **sandbox_env("http://127.0.0.1:9"),
                 "BROKER_CONFIG": str(path),
                 "BROKER_HOST": LOOPBACK,
                 "BROKER_PORT": str(port),
@@ -177,7 +167,7 @@ def test_stdout_nobody_reads_neither_grows_memory_nor_hangs_shutdown(
         cwd=ROOT,
         env={
             **os.environ,
-            **vendor_env(sandbox),
+            **sandbox_env(sandbox),
             "BROKER_CONFIG": str(path),
             "BROKER_HOST": LOOPBACK,
             "BROKER_PORT": str(port),

@@ -13,29 +13,18 @@ from typing import Any
 import httpx
 import pytest
 
-from app.sandbox import create_sandbox_app
 from tests.support.eventually import eventually
 from tests.support.policies import BASE_ENV, base_policy, write_policy
 from tests.support.process import BrokerProcess, broker_process
-from tests.support.servers import serve_in_thread
-from tests.support.stack import bearer, sandbox_settings, session_token
+from tests.support.stack import bearer, sandbox_env, serving_sandbox, session_token
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
-    with serve_in_thread(create_sandbox_app(sandbox_settings())) as url:
+    with serving_sandbox() as url:
         yield url
-
-
-def vendor_env(sandbox: str) -> dict[str, str]:
-    return {
-        **BASE_ENV,
-        "EMBEDDABLE_US_URL": f"{sandbox}/embeddable/us",
-        "EMBEDDABLE_EU_URL": f"{sandbox}/embeddable/eu",
-        "DATABRAIN_URL": f"{sandbox}/databrain",
-    }
 
 
 def log_events(broker: BrokerProcess) -> list[dict[str, Any]]:
@@ -67,7 +56,7 @@ def test_reload_on_file_change_keeps_old_policy_on_a_bad_file(tmp_path: Path, sa
     document = base_policy()
     path = write_policy(tmp_path, document)
     extra = {"BROKER_RELOAD_INTERVAL_SECONDS": "0.1"}
-    with broker_process(path, tmp_path, vendor_env(sandbox), extra_env=extra) as broker:
+    with broker_process(path, tmp_path, sandbox_env(sandbox), extra_env=extra) as broker:
         assert ask(broker, "late-embed").json()["code"] == "embed_not_allowed"
 
         added = base_policy()
@@ -100,7 +89,7 @@ def test_sighup_reloads_and_rotates_file_secrets(tmp_path: Path, sandbox: str) -
     document["session"]["issuers"][0]["secret"] = f"${{file:{secret_file}}}"
     path = write_policy(tmp_path, document)
     extra = {"BROKER_RELOAD_INTERVAL_SECONDS": "0"}  # only SIGHUP reloads
-    with broker_process(path, tmp_path, vendor_env(sandbox), extra_env=extra) as broker:
+    with broker_process(path, tmp_path, sandbox_env(sandbox), extra_env=extra) as broker:
         assert ask(broker, "sales-overview").status_code == 200
         new_secret = "rotated-session-secret-0123456789-abcdef"
         secret_file.write_text(new_secret + "\n")
@@ -127,7 +116,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path, sandbox
         f"{sandbox}/_sandbox/faults", json={"vendor": "embeddable", "latency_ms": 1500}
     ).raise_for_status()
     try:
-        with broker_process(path, tmp_path, vendor_env(sandbox)) as broker:
+        with broker_process(path, tmp_path, sandbox_env(sandbox)) as broker:
             results: list[httpx.Response] = []
             worker = threading.Thread(
                 target=lambda: results.append(ask(broker, "sales-overview", user="slow"))
@@ -154,7 +143,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tmp_path: Path, sandbox
 
 def test_json_logs_audit_events_and_metrics(tmp_path: Path, sandbox: str) -> None:
     path = write_policy(tmp_path, base_policy())
-    with broker_process(path, tmp_path, vendor_env(sandbox)) as broker:
+    with broker_process(path, tmp_path, sandbox_env(sandbox)) as broker:
         ok = ask(broker, "sales-overview", user="audited", **{"X-Request-ID": "req-audit-1"})
         assert ok.status_code == 200
         again = ask(broker, "sales-overview", user="audited")
@@ -219,7 +208,7 @@ def test_cors_and_security_headers(tmp_path: Path, sandbox: str) -> None:
     document = base_policy()
     document["cors"] = {"allow_origins": ["https://app.example.com"]}
     path = write_policy(tmp_path, document)
-    with broker_process(path, tmp_path, vendor_env(sandbox)) as broker:
+    with broker_process(path, tmp_path, sandbox_env(sandbox)) as broker:
         preflight = httpx.options(
             f"{broker.url}/v1/tokens",
             headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"},
@@ -261,7 +250,7 @@ def test_two_workers_serve_and_metrics_add_up_across_them(tmp_path: Path, sandbo
     path = write_policy(tmp_path, base_policy())
     extra = {"BROKER_WORKERS": "2", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     (tmp_path / "metrics").mkdir()
-    with broker_process(path, tmp_path, vendor_env(sandbox), extra_env=extra) as broker:
+    with broker_process(path, tmp_path, sandbox_env(sandbox), extra_env=extra) as broker:
         # New connections spread over both workers; each asks for a fresh token.
         for index in range(12):
             with httpx.Client() as client:

@@ -17,12 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.sandbox import create_sandbox_app
 from tests.support.eventually import eventually
 from tests.support.policies import BASE_ENV, SERVICE_KEY, base_policy, write_policy
 from tests.support.process import broker_process
-from tests.support.servers import free_port, serve_in_thread
-from tests.support.stack import bearer, sandbox_settings, session_token
+from tests.support.servers import free_port
+from tests.support.stack import bearer, sandbox_env, serving_sandbox, session_token
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +31,7 @@ CANARY_CACHE_KEY = "canary-cache-encryption-key-0123456789abcdef"
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[str]:
-    with serve_in_thread(create_sandbox_app(sandbox_settings())) as url:
+    with serving_sandbox() as url:
         yield url
 
 
@@ -56,12 +55,7 @@ def leak_policy() -> dict[str, Any]:
 
 def test_no_secret_token_or_key_appears_anywhere(tmp_path: Path, sandbox: str) -> None:
     secrets = [*BASE_ENV.values(), SERVICE_KEY, CANARY_REDIS_PASSWORD, CANARY_CACHE_KEY]
-    env = {
-        **BASE_ENV,
-        "EMBEDDABLE_US_URL": f"{sandbox}/embeddable/us",
-        "EMBEDDABLE_EU_URL": f"{sandbox}/embeddable/eu",
-        "DATABRAIN_URL": f"{sandbox}/databrain",
-    }
+    env = sandbox_env(sandbox)
     extra = {
         "BROKER_LOG_LEVEL": "debug",
         "BROKER_RELOAD_INTERVAL_SECONDS": "0",

@@ -92,6 +92,25 @@ def sandbox_settings() -> SandboxSettings:
 
 
 @contextlib.contextmanager
+def serving_sandbox(**server: Any) -> Iterator[str]:
+    """The sandbox under uvicorn on a free loopback port (``server``: uvicorn
+    settings), accepting the test policy's keys; yields its URL."""
+    with serve_in_thread(create_sandbox_app(sandbox_settings()), **server) as url:
+        yield url
+
+
+def sandbox_env(sandbox_url: str) -> dict[str, str]:
+    """The test policy's variables (:data:`BASE_ENV`: canary API keys, the session
+    secret) with every vendor's base URL on the sandbox at ``sandbox_url``."""
+    return {
+        **BASE_ENV,
+        "EMBEDDABLE_US_URL": f"{sandbox_url}/embeddable/us",
+        "EMBEDDABLE_EU_URL": f"{sandbox_url}/embeddable/eu",
+        "DATABRAIN_URL": f"{sandbox_url}/databrain",
+    }
+
+
+@contextlib.contextmanager
 def running_stack(
     directory: Path,
     document: dict[str, Any],
@@ -100,14 +119,8 @@ def running_stack(
     tracing: Tracing | None = None,
     **settings: Any,
 ) -> Iterator[Stack]:
-    with serve_in_thread(create_sandbox_app(sandbox_settings())) as sandbox_url:
-        variables = {
-            **BASE_ENV,
-            "EMBEDDABLE_US_URL": f"{sandbox_url}/embeddable/us",
-            "EMBEDDABLE_EU_URL": f"{sandbox_url}/embeddable/eu",
-            "DATABRAIN_URL": f"{sandbox_url}/databrain",
-            **(env or {}),
-        }
+    with serving_sandbox() as sandbox_url:
+        variables = {**sandbox_env(sandbox_url), **(env or {})}
         path = write_policy(directory, document)
         with contextlib.ExitStack() as stack:
             patch = stack.enter_context(_patched_env(variables))
