@@ -1,32 +1,37 @@
+"""The ``token-broker`` command as a user runs it: a child process, its exit code and
+what it prints (one line, no traceback, no secret)."""
+
 from __future__ import annotations
 
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support.cli import ROOT, run_cli
 from tests.support.policies import BASE_ENV, base_policy, write_policy
 
-ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_DEV_TOKEN = (
+    "dev-token",
+    "--config",
+    str(ROOT / "config" / "broker.example.yaml"),
+    "--user",
+    "alice",
+    "--tenant",
+    "acme",
+)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def check_config(directory: Path, document: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    """``token-broker check-config`` on ``document``, with the test policy's variables."""
+    return run_cli("check-config", str(write_policy(directory, document)), env=BASE_ENV)
 
 
 def test_check_config_valid_prints_a_summary_without_secrets(tmp_path: Path) -> None:
-    path = write_policy(tmp_path, base_policy())
-    result = run_cli("check-config", str(path), env=BASE_ENV)
+    result = check_config(tmp_path, base_policy())
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
     assert "acme (region eu)" in result.stdout and "ops-dashboard -> databrain" in result.stdout
@@ -38,9 +43,8 @@ def test_check_config_lists_request_fields_forwarded_unchecked(tmp_path: Path) -
     document = base_policy()
     document["providers"]["databrain"]["allow_unknown_fields"] = True
     document["embeds"]["ops-dashboard"]["request"]["params"]["newParam"] = "{user.id}"
-    path = write_policy(tmp_path, document)
 
-    result = run_cli("check-config", str(path), env=BASE_ENV)
+    result = check_config(tmp_path, document)
 
     assert result.returncode == 0, result.stderr
     assert "  databrain (databrain; allow_unknown_fields)\n" in result.stdout
@@ -54,8 +58,7 @@ def test_check_config_lists_request_fields_forwarded_unchecked(tmp_path: Path) -
 def test_check_config_invalid_exits_1_with_path_and_reason(tmp_path: Path) -> None:
     document = base_policy()
     document["embeds"]["sales-overview"]["allow"]["tenant"] = ["acme"]
-    path = write_policy(tmp_path, document)
-    result = run_cli("check-config", str(path), env=BASE_ENV)
+    result = check_config(tmp_path, document)
     assert result.returncode == 1
     assert "embeds.sales-overview.allow.tenant: unknown key" in result.stderr
     assert "Traceback" not in result.stderr
@@ -66,8 +69,7 @@ def test_check_config_rejects_an_api_key_file_with_an_extra_newline(tmp_path: Pa
     secret_file.write_text("canary-file-key-91ab\n\n")
     document = base_policy()
     document["providers"]["embeddable"]["regions"]["us"]["api_key"] = f"${{file:{secret_file}}}"
-    path = write_policy(tmp_path, document)
-    result = run_cli("check-config", str(path), env=BASE_ENV)
+    result = check_config(tmp_path, document)
     assert result.returncode == 1, result.stdout
     assert "providers.embeddable.regions.us.api_key: " in result.stderr
     assert "control character" in result.stderr
@@ -86,8 +88,7 @@ def test_check_config_masks_credentials_in_urls(tmp_path: Path) -> None:
             "jwks_url": "https://jwks-user:canary-pass-77@idp.example.com/jwks?key=canary-q-88",
         }
     )
-    path = write_policy(tmp_path, document)
-    result = run_cli("check-config", str(path), env=BASE_ENV)
+    result = check_config(tmp_path, document)
     assert result.returncode == 0, result.stderr
     assert "JWKS https://***@idp.example.com/jwks?key=***" in result.stdout
     for leaked in ("jwks-user", "canary-pass-77", "canary-q-88"):
@@ -156,14 +157,8 @@ def _clone_env() -> dict[str, str]:
 def test_without_a_policy_file_each_command_says_in_one_line_what_to_pass(
     tmp_path: Path, args: tuple[str, ...], hint: str
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=tmp_path,  # like a fresh clone: there is no config/broker.yaml
-        env=_clone_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # cwd: like a fresh clone, there is no config/broker.yaml
+    result = run_cli(*args, cwd=tmp_path, base_env=_clone_env())
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
     assert "no policy file at config/broker.yaml" in line and hint in line
@@ -172,40 +167,18 @@ def test_without_a_policy_file_each_command_says_in_one_line_what_to_pass(
 
 def test_dev_token_needs_only_the_session_secret(tmp_path: Path) -> None:
     # The example policy names every vendor key; none of them is set here.
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "dev-token",
-            "--config",
-            str(ROOT / "config" / "broker.example.yaml"),
-            "--user",
-            "alice",
-            "--tenant",
-            "acme",
-        ],
+    result = run_cli(
+        *EXAMPLE_DEV_TOKEN,
         cwd=tmp_path,
-        env={**_clone_env(), "SESSION_HS256_SECRET": "s" * 32},
-        capture_output=True,
-        text=True,
-        timeout=60,
+        base_env=_clone_env(),
+        env={"SESSION_HS256_SECRET": "s" * 32},
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.count(".") == 2
 
 
 def test_dev_token_names_the_missing_secret(tmp_path: Path) -> None:
-    result = run_cli(
-        "dev-token",
-        "--config",
-        str(ROOT / "config" / "broker.example.yaml"),
-        "--user",
-        "alice",
-        "--tenant",
-        "acme",
-        env={"SESSION_HS256_SECRET": ""},
-    )
+    result = run_cli(*EXAMPLE_DEV_TOKEN, env={"SESSION_HS256_SECRET": ""})
     assert result.returncode == 1
     assert "session.issuers[1].secret: environment variable SESSION_HS256_SECRET" in result.stderr
     assert "EMBEDDABLE" not in result.stderr and "Traceback" not in result.stderr

@@ -13,13 +13,17 @@ CLI_TIMEOUT_SECONDS = 120
 
 
 def run_cli(
-    *args: str, env: Mapping[str, str] | None = None, cwd: Path = ROOT
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path = ROOT,
+    base_env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``token-broker ARGS`` (the installed console script's module) and capture it."""
+    """Run ``token-broker ARGS`` (the installed console script's module) and capture it.
+    The child's environment is ``base_env`` (this process's by default) plus ``env``."""
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args],
         cwd=cwd,
-        env={**os.environ, **(env or {})},
+        env={**(os.environ if base_env is None else base_env), **(env or {})},
         capture_output=True,
         text=True,
         encoding="utf-8",
