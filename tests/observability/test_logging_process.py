@@ -4,12 +4,10 @@ events, errors and start-up failures; log forging; a stdout nobody reads."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from app.observability.logging import (
 )
 from tests.support.eventually import eventually
 from tests.support.policies import base_policy, write_policy
-from tests.support.process import ROOT, BrokerProcess, broker_process
+from tests.support.process import ROOT, SERVE, BrokerProcess, broker_process, serve_environment
 from tests.support.servers import LOOPBACK, free_port
 from tests.support.stack import bearer, sandbox_env, serving_sandbox, session_token
 
@@ -128,17 +126,11 @@ def test_a_start_up_failure_is_one_line_in_either_format(
         busy.bind((LOOPBACK, 0))
         busy.listen()
         port = busy.getsockname()[1]
+        env = {**sandbox_env("http://127.0.0.1:9"), "BROKER_LOG_FORMAT": log_format}
         finished = subprocess.run(
-            [sys.executable, "-m", "app.cli", "serve"],
+            SERVE,
             cwd=ROOT,
-            env={
-                **os.environ,
-                **sandbox_env("http://127.0.0.1:9"),
-                "BROKER_CONFIG": str(path),
-                "BROKER_HOST": LOOPBACK,
-                "BROKER_PORT": str(port),
-                "BROKER_LOG_FORMAT": log_format,
-            },
+            env=serve_environment(path, port, env),
             capture_output=True,
             timeout=60,
         )
@@ -163,15 +155,9 @@ def test_stdout_nobody_reads_neither_grows_memory_nor_hangs_shutdown(
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve"],
+        SERVE,
         cwd=ROOT,
-        env={
-            **os.environ,
-            **sandbox_env(sandbox),
-            "BROKER_CONFIG": str(path),
-            "BROKER_HOST": LOOPBACK,
-            "BROKER_PORT": str(port),
-        },
+        env=serve_environment(path, port, sandbox_env(sandbox)),
         stdout=subprocess.PIPE,  # never read
         stderr=subprocess.DEVNULL,
     )

@@ -17,6 +17,27 @@ from tests.support.eventually import eventually
 from tests.support.servers import LOOPBACK, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVE = (sys.executable, "-m", "app.cli", "serve")
+"""``token-broker serve`` as the console script runs it (from :data:`ROOT`)."""
+
+
+def serve_environment(config: Path, port: int, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a ``token-broker serve`` child on ``port``: this process's
+    without ``BROKER_*`` settings or ``PROMETHEUS_*`` (prometheus-client's multiprocess
+    folder): the shell that runs the tests must not change what they start. Then
+    ``env``, then the policy file and the loopback address."""
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("BROKER_", "PROMETHEUS_"))
+    }
+    return {
+        **inherited,
+        **env,
+        "BROKER_CONFIG": str(config),
+        "BROKER_HOST": LOOPBACK,
+        "BROKER_PORT": str(port),
+    }
 
 
 @dataclass
@@ -68,22 +89,22 @@ def broker_process(
     *,
     extra_env: Mapping[str, str] | None = None,
     ready_path: str = "/readyz",
+    ready_timeout: float = 90,
 ) -> Iterator[BrokerProcess]:
+    """``token-broker serve`` on ``config`` with ``env`` (then ``extra_env``), JSON logs
+    at level info in ``log_dir``; ready when ``ready_path`` answers 200; stopped at exit
+    (a test may stop it earlier to see its exit code)."""
     port = free_port()
     log_path = log_dir / f"broker-{port}.log"
     environment = {
-        **os.environ,
-        **env,
-        "BROKER_CONFIG": str(config),
-        "BROKER_HOST": LOOPBACK,
-        "BROKER_PORT": str(port),
+        **serve_environment(config, port, env),
         "BROKER_LOG_LEVEL": "info",
         "BROKER_LOG_FORMAT": "json",
         **(extra_env or {}),
     }
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"],
+            SERVE,
             cwd=ROOT,
             env=environment,
             stdout=log_file,
@@ -92,7 +113,7 @@ def broker_process(
     broker = BrokerProcess(url=f"http://{LOOPBACK}:{port}", process=process, log_path=log_path)
     try:
         # Generous: spawned workers import everything first, slowly on a loaded machine.
-        wait_ready(broker.url, process, log_path, timeout=90, ready_path=ready_path)
+        wait_ready(broker.url, process, log_path, timeout=ready_timeout, ready_path=ready_path)
         yield broker
     finally:
         broker.stop()
