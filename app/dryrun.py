@@ -175,9 +175,10 @@ class Decision:
     provider_type: str | None
     ttl_seconds: int | None
     request: VendorRequest | None
-    signed: Mapping[str, Any] | None = None
-    """What a signer provider (Metabase) signs, without the broker's expiry: the token's
-    payload, where such a provider sends no request."""
+    payload: Mapping[str, Any] | None = None
+    """The token's own body where it is not ``request``: what a signer (Metabase) signs,
+    without the broker's expiry, or the guest-token body Superset and Preset get after
+    the login that ``request`` shows."""
 
     @property
     def allowed(self) -> bool:
@@ -316,6 +317,7 @@ class DryRun:
             )
         except VendorRequestCaptured as captured:
             call = caller.calls[-1]
+            provider = self.providers[call.provider]
             return self._allowed(
                 who,
                 user,
@@ -325,12 +327,16 @@ class DryRun:
                 provider=call.provider,
                 ttl_seconds=call.ttl_seconds,
                 sent=self._masked(captured.request),
+                payload=None if call.body is None else provider.preview(call.body),
             )
         except BrokerError as exc:
             return self._denied(request, user, service, requested, who, exc)
         # A provider that signs tokens itself answers without any vendor request; the
         # token it signed is dropped here, never shown, but what it signed is kept.
-        signed = caller.calls[-1].body if caller.calls else None
+        noted = caller.calls[-1] if caller.calls else None
+        signed = None
+        if noted is not None and noted.body is not None:
+            signed = self.providers[noted.provider].preview(noted.body)
         return self._allowed(
             who,
             user,
@@ -340,7 +346,7 @@ class DryRun:
             provider=grant.rule.provider,
             ttl_seconds=grant.rule.ttl_seconds,
             sent=None,
-            signed=signed,
+            payload=signed,
         )
 
     def _allowed(
@@ -354,7 +360,7 @@ class DryRun:
         provider: str,
         ttl_seconds: int,
         sent: VendorRequest | None,
-        signed: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
     ) -> Decision:
         return Decision(
             outcome=ALLOWED,
@@ -370,7 +376,7 @@ class DryRun:
             provider_type=self.config.providers[provider].type,
             ttl_seconds=ttl_seconds,
             request=sent,
-            signed=signed,
+            payload=payload,
         )
 
     def _denied(

@@ -136,10 +136,10 @@ def render_text(decision: Decision) -> str:
     if decision.allowed and request is None:
         lines.append("")
         lines.append("no vendor request: this provider signs the token itself")
-        if decision.signed is not None:
+        if decision.payload is not None:
             lines.append("signed payload (the broker adds exp):")
             lines.append(
-                orjson.dumps(dict(decision.signed), option=orjson.OPT_INDENT_2).decode("utf-8")
+                orjson.dumps(dict(decision.payload), option=orjson.OPT_INDENT_2).decode("utf-8")
             )
     if request is not None:
         lines.append("")
@@ -150,6 +150,12 @@ def render_text(decision: Decision) -> str:
         lines.append(request.content.decode("utf-8"))
         lines.append("body, indented:")
         lines.append(orjson.dumps(request.body, option=orjson.OPT_INDENT_2).decode("utf-8"))
+        if decision.payload is not None:
+            lines.append("")
+            lines.append("token request body (sent after the request above):")
+            lines.append(
+                orjson.dumps(dict(decision.payload), option=orjson.OPT_INDENT_2).decode("utf-8")
+            )
     lines.append("")
     lines.append("nothing was sent to the vendor.")
     return "\n".join(lines)
@@ -187,7 +193,7 @@ def render_json(decision: Decision) -> dict[str, Any]:
             "body_sha256": request.content_sha256,
             "body_masked": request.content_masked,
         },
-        "signed": None if decision.signed is None else dict(decision.signed),
+        "payload": None if decision.payload is None else dict(decision.payload),
         "sent": False,
     }
 

@@ -333,11 +333,12 @@ def check(decision: Decision, expect: Expectation, where: str) -> str | None:
     if expect.region is not None and decision.region != expect.region:
         return f"{where}.region: expected {_shown(expect.region)}, got {_shown(decision.region)}"
     if expect.request is not None:
-        # A signer sends nothing: its signed payload is what the token carries instead.
-        if decision.request is not None:
-            actual: Any = decision.request.body
-        elif decision.signed is not None:
-            actual = dict(decision.signed)
+        # The token's own body: what a signer signs, the guest-token body after a
+        # login, or else the (one) request the vendor gets.
+        if decision.payload is not None:
+            actual: Any = dict(decision.payload)
+        elif decision.request is not None:
+            actual = decision.request.body
         else:
             return f"{where}.request: expected a vendor request, but this provider sends none"
         difference = first_difference(expect.request, actual, f"{where}.request")

@@ -285,8 +285,11 @@ def _check_roles(policy: PolicyConfig) -> Iterable[ConfigIssue]:
                 continue
             for field in sorted(BROKER_OWNED_FIELDS & set(body)):
                 yield ConfigIssue(format_path((*where, field)), _owned_field_reason(field))
-            _, errors = compile_tree(body, where)
+            compiled, errors = compile_tree(body, where)
             for path, reason in errors:
+                yield ConfigIssue(format_path(path), reason)
+            factory = provider_class(policy.providers[provider_name].type)
+            for path, reason in factory.check_templates(compiled, where):
                 yield ConfigIssue(format_path(path), reason)
 
 
@@ -331,6 +334,8 @@ def _check_embeds(policy: PolicyConfig, forwarded: list[str]) -> Iterable[Config
         if errors:
             yield from (ConfigIssue(format_path(p), r) for p, r in errors)
             continue
+        for path, reason in factory.check_templates(compiled, (*where, "request")):
+            yield ConfigIssue(format_path(path), reason)
         role_additions = _role_additions(policy, embed.provider)
         if role_additions is None:
             continue  # reported by _check_roles

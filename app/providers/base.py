@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, ClassVar, Generic, TypeVar
 
 import httpx
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
 
+from app.config.tree import YamlPath
 from app.providers.http import CallContext, VendorEndpoint
 
 # Fields that carry the token's lifetime. The broker owns them (from token_ttl_seconds);
@@ -184,6 +185,19 @@ class BaseProvider(abc.ABC, Generic[ConfigT]):
     @abc.abstractmethod
     def validate_element(cls, element: EmbedElementConfig | None) -> None:
         """Raise ValueError when an embed's ``element`` block does not fit this vendor."""
+
+    @classmethod
+    def check_templates(cls, compiled: Any, path: YamlPath) -> Iterable[tuple[YamlPath, str]]:
+        """Problems with where a request's templates put values, as (YAML path, reason):
+        a vendor whose body holds code (Superset's SQL clauses) refuses session values
+        there. None by default."""
+        return ()
+
+    def preview(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """For a dry run, the token's own body when it is not the first request the
+        provider sends: what a signer signs, or the guest-token body a vendor gets after
+        a login. None (the default): the first request is the token request."""
+        return None
 
     @abc.abstractmethod
     async def issue(

@@ -168,7 +168,6 @@ async def post_json(
     any status is returned as is. The httpx exception is not chained: its request
     carries the key.
     """
-    context = endpoint.context
     request = httpx.Request(
         "POST",
         endpoint.url,
@@ -176,6 +175,16 @@ async def post_json(
         content=orjson.dumps(body),
         extensions={"timeout": endpoint.timeouts},
     )
+    return await send(client, request, endpoint)
+
+
+async def send(
+    client: httpx.AsyncClient, request: httpx.Request, endpoint: VendorEndpoint
+) -> VendorResponse:
+    """Send a prepared request once, with :func:`post_json`'s bounds and error mapping
+    (for vendors whose token takes calls of other shapes: Superset's login, CSRF and
+    guest-token calls)."""
+    context = endpoint.context
     failure: ProviderError
     try:
         # httpx's timeouts bound each read; this bounds the whole call (slow-drip bodies).

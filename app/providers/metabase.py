@@ -155,6 +155,10 @@ class MetabaseProvider(BaseProvider[MetabaseConfig]):
     def account(self, region: str | None) -> tuple[str, SecretStr]:
         return str(self.config.site_url).rstrip("/"), self.config.secret
 
+    def preview(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The payload signed, without ``exp`` (now + the embed's lifetime)."""
+        return {"resource": dict(body["resource"]), "params": dict(body.get("params") or {})}
+
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
         return Element(iframe=self.iframe_url)
 

@@ -86,9 +86,14 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-EXAMPLE_ONLY_ENV = {"METABASE_EMBEDDING_SECRET": "0" * 64}
+EXAMPLE_ONLY_ENV = {
+    "METABASE_EMBEDDING_SECRET": "0" * 64,
+    "SUPERSET_PASSWORD": "fake-superset-password-0000",
+    "PRESET_API_TOKEN": "fake-preset-api-token-0000",
+    "PRESET_API_SECRET": "fake-preset-api-secret-0000",
+}
 """Variables config/broker.example.yaml needs beyond .env.example (which holds exactly
-what the compose stack uses): Metabase's secret is 64 hex characters, placeholder zeros."""
+what the compose stack uses); Metabase's secret is 64 hex characters: zeros."""
 
 
 def example_env(path: Path) -> dict[str, str]:

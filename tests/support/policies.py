@@ -129,6 +129,9 @@ BASE_ENV: dict[str, str] = {
     "DATABRAIN_API_KEY": "canary-databrain-key-5b3e",
     # Metabase's embedding secret must be 64 hex characters: a canary in hex.
     "METABASE_EMBEDDING_SECRET": "ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a12ca7a125e3b",
+    "SUPERSET_PASSWORD": "canary-superset-password-8d1f",
+    "PRESET_API_TOKEN": "canary-preset-token-3a7c",
+    "PRESET_API_SECRET": "canary-preset-secret-6e2b",
 }
 
 
