@@ -152,7 +152,7 @@ def test_a_secret_templated_into_a_body_is_masked(tmp_path: Path) -> None:
         (
             ["--embed", "nope"],
             "token-broker explain: unknown embed 'nope' (the policy has: ops-dashboard, "
-            "sales-overview)",
+            "revenue, sales-overview)",
         ),
         (
             ["--embed", "sales-overview", "--tenant", "initech"],

@@ -184,7 +184,7 @@ def test_a_wrong_expectation_says_where_what_was_expected_and_what_came(tmp_path
         "  FAIL  a field the body lacks: cases[5].expect.request.roles: "
         'expected ["analyst"], got nothing (no such field)',
         "  FAIL  misspelt embed: cases[6].embed: unknown embed 'ops-dashbord' "
-        "(the policy has: ops-dashboard, sales-overview)",
+        "(the policy has: ops-dashboard, revenue, sales-overview)",
         "1 passed, 6 failed",
     ]
     assert result.stderr == ""

@@ -1,5 +1,7 @@
 // Stand-in web components for the sandbox vendors, under the real tag names:
-// <em-beddable token base-url>, <dbn-dashboard token dashboard-id>, <dbn-metric token metric-id>.
+// <em-beddable token base-url>, <dbn-dashboard token dashboard-id>, <dbn-metric token metric-id>,
+// and a stand-in for Superset's SDK: embedDashboard({id, supersetDomain, mountPoint,
+// fetchGuestToken}) as @superset-ui/embedded-sdk exports it, rendering <superset-dashboard>.
 //
 // They render no charts. They show what a person needs to see that the broker works:
 // the token's decoded claims, the request the (sandbox) vendor received when it issued
@@ -20,6 +22,7 @@ const CSS = `
 .badge { font-size: 11px; padding: 1px 8px; border-radius: 10px; background: #e4ecf5; }
 .badge.embeddable { background: #e3f1e6; color: #1f6b34; }
 .badge.databrain { background: #ece6fb; color: #4b2c9b; }
+.badge.superset { background: #fdeee0; color: #8a4b0f; }
 .timers { display: flex; gap: 18px; margin: 8px 0; }
 .timer b { font: 600 20px ui-monospace, monospace; }
 .timer.refresh b { color: #0b62c4; }
@@ -235,10 +238,56 @@ class DbnMetric extends DatabrainStandIn {
   static idAttribute = "metric-id";
 }
 
+class SupersetDashboard extends StandIn {
+  static vendor = "superset";
+  static idAttribute = "dashboard-id";
+
+  securityContext() {
+    if (!this.received || !this.received.body) return null;
+    const { user, resources, rls } = this.received.body;
+    return { user, resources, rls };
+  }
+}
+
 for (const [tag, ctor] of [
   ["em-beddable", EmBeddable],
   ["dbn-dashboard", DbnDashboard],
   ["dbn-metric", DbnMetric],
+  ["superset-dashboard", SupersetDashboard],
 ]) {
   if (!customElements.get(tag)) customElements.define(tag, ctor);
+}
+
+const REFRESH_EARLY_MS = 10_000;
+
+/**
+ * A stand-in for @superset-ui/embedded-sdk's embedDashboard(): the same options, but it
+ * renders a <superset-dashboard> card instead of Superset's iframe. Like the SDK, it
+ * asks fetchGuestToken() for a token, and again before that token expires.
+ */
+export async function embedDashboard({ id, supersetDomain, mountPoint, fetchGuestToken }) {
+  const element = document.createElement("superset-dashboard");
+  element.setAttribute("dashboard-id", id);
+  element.setAttribute("data-superset-domain", supersetDomain);
+  mountPoint.replaceChildren(element);
+  let timer = null;
+  let stopped = false;
+  async function load() {
+    const token = await fetchGuestToken();
+    if (stopped) return;
+    element.setAttribute("token", token);
+    const claims = decodeJwt(token);
+    const expiresAt = claims && typeof claims.exp === "number" ? claims.exp * 1000 : Date.now() + 60_000;
+    const wait = Math.max(1000, expiresAt - Date.now() - REFRESH_EARLY_MS);
+    element.setAttribute("data-refresh-at", String(Date.now() + wait));
+    timer = setTimeout(() => load().catch(() => {}), wait);
+  }
+  await load();
+  return {
+    unmount() {
+      stopped = true;
+      clearTimeout(timer);
+      element.remove();
+    },
+  };
 }

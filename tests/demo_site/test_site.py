@@ -54,7 +54,7 @@ def test_the_dev_session_works_for_both_tenants(demo: Demo) -> None:
         embeds = httpx.get(f"{demo.broker}/v1/embeds", params={"tenant": tenant}, headers=headers)
         assert embeds.status_code == 200, embeds.text
         providers = {e["provider"] for e in embeds.json()["embeds"]}
-        assert providers == {"embeddable", "databrain"}
+        assert providers == {"embeddable", "databrain", "superset"}
         for embed in embeds.json()["embeds"]:
             grant = httpx.post(
                 f"{demo.broker}/v1/tokens",
@@ -64,8 +64,19 @@ def test_the_dev_session_works_for_both_tenants(demo: Demo) -> None:
             assert grant.status_code == 200, grant.text
             # short on purpose: a visitor sees a refresh within a minute
             assert grant.json()["expires_in"] <= 60
+            element = grant.json()["element"]
+            if embed["provider"] == "superset":
+                # Superset renders through its SDK: the page loads the sandbox's stand-in.
+                assert element == {
+                    "sdk": "@superset-ui/embedded-sdk",
+                    "options": {
+                        "id": "5b1c8a0e-0000-4000-8000-000000000021",
+                        "supersetDomain": f"{demo.sandbox}/superset",
+                    },
+                }
+                continue
             # the stand-in components come as element.script, loaded by the client
-            assert grant.json()["element"]["script"] == f"{demo.sandbox}/_sandbox/components.js"
+            assert element["script"] == f"{demo.sandbox}/_sandbox/components.js"
 
 
 def test_other_paths_reach_the_broker(demo: Demo) -> None:

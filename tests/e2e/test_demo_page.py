@@ -48,21 +48,22 @@ def page(browser: Browser) -> Iterator[Page]:
     assert offsite == [], f"requests beyond loopback: {offsite}"
 
 
-CARDS = """() => [...document.querySelectorAll('#embeds em-beddable, #embeds dbn-dashboard')]
+SELECTOR = "#embeds em-beddable, #embeds dbn-dashboard, #embeds superset-dashboard"
+CARDS = """() => [...document.querySelectorAll('SELECTOR')]
   .map((el) => {
     const field = (name) => el.shadowRoot.querySelector(`[data-field=${name}]`).textContent;
     return { tag: el.localName, claims: field('claims'), context: field('context'),
              refresh: field('refresh'), seen: field('tokens-seen') };
-  })"""
+  })""".replace("SELECTOR", SELECTOR)
 
 CONTEXT_ARRIVED = """(tenant) => {
-  const els = [...document.querySelectorAll('#embeds em-beddable, #embeds dbn-dashboard')];
-  return els.length === 2 && els.every((el) => {
+  const els = [...document.querySelectorAll('SELECTOR')];
+  return els.length === 3 && els.every((el) => {
     const text = el.shadowRoot.querySelector('[data-field=context]').textContent;
     return text.includes(`"${tenant}"`) && /\\d+ s/.test(
       el.shadowRoot.querySelector('[data-field=refresh]').textContent);
   });
-}"""
+}""".replace("SELECTOR", SELECTOR)
 
 
 def wait_for_tenant(page: Page, tenant: str) -> list[dict[str, Any]]:
@@ -84,8 +85,13 @@ def test_demo_page_shows_both_vendors_per_tenant_and_a_screenshot(
     page.goto(demo.page)
     cards = wait_for_tenant(page, "acme")
     by_tag = {card["tag"]: card for card in cards}
-    assert set(by_tag) == {"em-beddable", "dbn-dashboard"}
+    assert set(by_tag) == {"em-beddable", "dbn-dashboard", "superset-dashboard"}
     embeddable, databrain = by_tag["em-beddable"], by_tag["dbn-dashboard"]
+    superset = by_tag["superset-dashboard"]
+    # Superset's guest token carries the tenant's row filter, as does what it was asked.
+    assert '"rls_rules"' in superset["claims"]
+    assert "tenant_id = 'acme'" in superset["claims"]
+    assert "tenant_id = 'acme'" in superset["context"]
     # The Embeddable token's decoded claims, and what the vendor was asked for acme.
     assert '"securityTokenId"' in embeddable["claims"]
     assert '"exp"' in embeddable["claims"]
@@ -94,10 +100,13 @@ def test_demo_page_shows_both_vendors_per_tenant_and_a_screenshot(
     # Databrain's token is opaque; its security context is the clientId and filters.
     assert "opaque" in databrain["claims"]
     assert '"clientId": "acme"' in databrain["context"]
-    assert "globex" not in embeddable["context"] + databrain["context"]
+    assert "globex" not in embeddable["context"] + databrain["context"] + superset["context"]
     for card in cards:
         seconds = int(card["refresh"].split()[0])
-        assert 0 < seconds <= 60, "demo tokens refresh within a minute"
+        # Superset's guest tokens live as long as Superset says (the sandbox: 300 s), and
+        # its SDK refreshes by the token's exp; the others refresh within a minute.
+        limit = 300 if card["tag"] == "superset-dashboard" else 60
+        assert 0 < seconds <= limit, "demo tokens refresh within their lifetime"
         assert card["seen"] == "1"
 
     shot = page.screenshot()
@@ -112,6 +121,7 @@ def test_demo_page_shows_both_vendors_per_tenant_and_a_screenshot(
     contexts = " ".join(card["context"] for card in cards)
     assert '"tenantId": "globex"' in contexts
     assert '"clientId": "globex"' in contexts
+    assert "tenant_id = 'globex'" in contexts
     assert "acme" not in contexts
     events = page.evaluate("document.getElementById('events').textContent")
     assert "issued sales-overview for globex" in events

@@ -14,6 +14,9 @@ async function getSessionToken({ retry } = {}) {
 
 const broker = new TokenBroker({ baseUrl: "", getSessionToken });
 const handles = new Map(); // embed name -> mount handle
+const dashboards = new Map(); // embed name -> a Superset SDK dashboard (unmount())
+const SANDBOX = document.body.dataset.sandbox;
+const SDK_VENDORS = new Set(["superset", "preset"]); // element.sdk instead of a tag
 let generation = 0;
 
 function el(tag, attributes = {}, ...children) {
@@ -53,6 +56,8 @@ async function showTenant(tenant) {
   const mine = (generation += 1);
   for (const handle of handles.values()) handle.stop();
   handles.clear();
+  for (const dashboard of dashboards.values()) dashboard.unmount();
+  dashboards.clear();
   const main = document.getElementById("embeds");
   main.replaceChildren();
   main.dataset.tenant = tenant;
@@ -75,6 +80,25 @@ async function showTenant(tenant) {
         ),
       );
       try {
+        if (SDK_VENDORS.has(embed.provider)) {
+          const first = await broker.token(embed.name, { tenant });
+          // Superset and Preset render through their SDK, which asks for guest tokens
+          // itself. The sandbox serves a stand-in with the SDK's embedDashboard().
+          const { embedDashboard } = await import(`${SANDBOX}/_sandbox/components.js`);
+          let pending = first;
+          const dashboard = await embedDashboard({
+            ...first.element.options,
+            mountPoint: slot,
+            fetchGuestToken: async () => {
+              const grant = pending || (await broker.token(embed.name, { tenant }));
+              pending = null;
+              return grant.token;
+            },
+          });
+          if (mine !== generation) dashboard.unmount();
+          else dashboards.set(embed.name, dashboard);
+          return;
+        }
         const handle = await broker.mount(slot, embed.name, { tenant });
         if (mine !== generation) {
           handle.stop(); // the tenant changed while this one was loading
