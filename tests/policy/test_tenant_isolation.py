@@ -1,8 +1,10 @@
 """Property: no vendor request ever carries another tenant's data (security.md).
 
 Hypothesis generates a whole world -- tenants in distinct regions with distinctive
-attribute values, per-region API keys, roles with request additions, Embeddable and
-Databrain embeds whose requests are templates over tenant, user and embed values,
+attribute values, per-region API keys, roles with request additions, Embeddable,
+Databrain, Superset (login, CSRF, guest token; RLS clauses over tenant values) and
+Metabase (signed by the broker) embeds whose requests are templates over tenant, user
+and embed values,
 users of one or several tenants, internal services -- and a batch of token requests.
 The policy is loaded with the real loader and the requests go through the real flow
 (Policy, TokenFlow with cache and single-flight, VendorCaller, the real provider
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
+import jwt as pyjwt
 import orjson
 from hypothesis import HealthCheck, event, example, given, reject, settings
 from hypothesis import strategies as st
@@ -62,9 +65,11 @@ EMBED_NOT_ALLOWED = "embed_not_allowed"
 MISSING_CLAIM = "missing_claim"
 INVALID_REQUEST = "invalid_request"
 
-ProviderName = Literal["embeddable", "databrain"]
+ProviderName = Literal["embeddable", "databrain", "superset", "metabase"]
 EMBEDDABLE: ProviderName = "embeddable"
 DATABRAIN: ProviderName = "databrain"
+SUPERSET: ProviderName = "superset"
+METABASE: ProviderName = "metabase"
 
 REGIONS = ("us", "eu", "ap", "sa", "me")
 DEFAULT_EMBEDDABLE_BASES = {
@@ -75,6 +80,16 @@ EMBEDDABLE_PATH = "/api/v1/security-token"
 DATABRAIN_BASE = "https://databrain.vendor.test/dbn"
 DATABRAIN_PATH = "/api/v2/guest-token/create"
 SESSION_SECRET = "isolation-session-secret-0123456789-abcdef"
+SUPERSET_BASE = "https://superset.vendor.test/bi"
+SUPERSET_LOGIN_PATH = "/api/v1/security/login"
+SUPERSET_CSRF_PATH = "/api/v1/security/csrf_token/"
+SUPERSET_GUEST_PATH = "/api/v1/security/guest_token/"
+SUPERSET_PASSWORD = "sspass-000000"
+SUPERSET_CSRF = "sscsrf-000000"
+SUPERSET_SESSION = "sssession-000000"
+SUPERSET_DASHBOARD = "5b1c8a0e-0000-4000-8000-000000000021"
+METABASE_SITE = "https://metabase.vendor.test"
+METABASE_SECRET = "ab" * 32
 
 ROLE_NAMES = ("viewer", "analyst", "admin", "auditor")
 UNKNOWN_EMBED = "no-such-embed"
@@ -216,6 +231,17 @@ class World:
                     "base_url": DATABRAIN_BASE,
                     "api_key": self.databrain_key,
                 },
+                SUPERSET: {
+                    "type": "superset",
+                    "base_url": SUPERSET_BASE,
+                    "username": "svc-embed",
+                    "password": SUPERSET_PASSWORD,
+                },
+                METABASE: {
+                    "type": "metabase",
+                    "site_url": METABASE_SITE,
+                    "secret": METABASE_SECRET,
+                },
             },
             "embeds": {
                 embed.name: {
@@ -226,6 +252,11 @@ class World:
                     "request": to_config(embed.request),
                 }
                 | ({"element": {"dashboard_id": "dash-1"}} if embed.provider == DATABRAIN else {})
+                | (
+                    {"element": {"dashboard_id": SUPERSET_DASHBOARD}}
+                    if embed.provider == SUPERSET
+                    else {}
+                )
                 for embed in self.embeds
             },
             "services": {
@@ -439,6 +470,51 @@ def databrain_requests(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
+def clause_slots() -> st.SearchStrategy[Slot]:
+    """An RLS clause: text over tenant and embed values only (the loader refuses a
+    session value inside SQL), or a literal."""
+    return st.one_of(
+        texts(TENANT_STRING_REFS + EMBED_REFS), st.sampled_from(("1 = 1", "active")).map(Lit)
+    )
+
+
+@st.composite
+def superset_requests(draw: st.DrawFn) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "resources": [{"type": Lit("dashboard"), "id": Lit(SUPERSET_DASHBOARD)}],
+    }
+    if draw(st.booleans()):
+        body["user"] = {"username": draw(string_slots())}
+    if draw(USUALLY):
+        rules = []
+        for _ in range(draw(st.integers(1, 2))):
+            rule: dict[str, Any] = {"clause": draw(clause_slots())}
+            if draw(st.booleans()):
+                rule["dataset"] = draw(st.integers(1, 9))
+            rules.append(rule)
+        body["rls"] = rules
+    return body
+
+
+@st.composite
+def metabase_requests(draw: st.DrawFn) -> dict[str, Any]:
+    kind = draw(st.sampled_from(("dashboard", "question")))
+    body: dict[str, Any] = {"resource": {kind: draw(st.integers(1, 40))}}
+    if draw(USUALLY):
+        body["params"] = draw(
+            st.dictionaries(st.sampled_from(("tenant", "region", "team", "user")), filter_values())
+        )
+    return body
+
+
+REQUESTS = {
+    EMBEDDABLE: lambda: embeddable_requests(),
+    DATABRAIN: lambda: databrain_requests(),
+    SUPERSET: lambda: superset_requests(),
+    METABASE: lambda: metabase_requests(),
+}
+
+
 @st.composite
 def role_additions(draw: st.DrawFn) -> dict[str, dict[str, dict[str, Any]]]:
     """Additions never collide with a templated base field, so merge order is unambiguous."""
@@ -459,6 +535,10 @@ def role_additions(draw: st.DrawFn) -> dict[str, dict[str, dict[str, Any]]]:
                 hidden = draw(st.one_of(refs(TENANT_STRING_REFS), st.just(Lit(f"{role}-filter"))))
                 databrain["params"] = {"hideDashboardFilters": [hidden]}
             additions[DATABRAIN] = databrain
+        if draw(st.booleans()):
+            additions[SUPERSET] = {"rls": [{"clause": draw(clause_slots())}]}
+        if draw(st.booleans()):
+            additions[METABASE] = {"params": {f"{role}_scope": draw(filter_values())}}
         roles[role] = additions
     return roles
 
@@ -471,7 +551,7 @@ RARELY = st.sampled_from((False,) * 9 + (True,))
 def embed_specs(draw: st.DrawFn, tenant_ids: Sequence[str]) -> tuple[EmbedSpec, ...]:
     embeds: list[EmbedSpec] = []
     for index in range(draw(st.integers(1, 4))):
-        provider = draw(st.sampled_from((EMBEDDABLE, DATABRAIN)))
+        provider = draw(st.sampled_from((EMBEDDABLE, DATABRAIN, SUPERSET, METABASE)))
         allowed = draw(
             st.one_of(
                 st.just(("*",)),
@@ -486,9 +566,7 @@ def embed_specs(draw: st.DrawFn, tenant_ids: Sequence[str]) -> tuple[EmbedSpec, 
             # Same body as another embed: they share a token only if the lifetime matches.
             request = draw(st.sampled_from(same_vendor)).request
         else:
-            request = draw(
-                embeddable_requests() if provider == EMBEDDABLE else databrain_requests()
-            )
+            request = draw(REQUESTS[provider]())
         embeds.append(
             EmbedSpec(
                 name=f"{provider}-{index}",
@@ -695,10 +773,11 @@ class Issued:
 
     @property
     def identity(self) -> bytes:
-        """What the vendor is asked, and where: one vendor call per identity."""
-        return orjson.dumps(
-            [self.provider, self.tenant.region, self.body], option=orjson.OPT_SORT_KEYS
-        )
+        """What the vendor is asked, and where: one vendor call per identity. A signed
+        token is its payload: the same payload signed in the same second is the same
+        token, whichever region asked (it carries nothing else)."""
+        region = None if self.provider == METABASE else self.tenant.region
+        return orjson.dumps([self.provider, region, self.body], option=orjson.OPT_SORT_KEYS)
 
 
 def expected_outcome(world: World, call: Call) -> Denied | Issued:
@@ -741,7 +820,15 @@ def expected_outcome(world: World, call: Call) -> Denied | Issued:
                 body = merged(body, render(additions[embed.provider], context))
     except Unresolvable:
         return Denied(frozenset({MISSING_CLAIM}))
-    if embed.provider == EMBEDDABLE:
+    if embed.provider == SUPERSET:
+        body.setdefault("rls", [])
+        url = SUPERSET_BASE + SUPERSET_GUEST_PATH
+        api_key = SUPERSET_ACCESS
+    elif embed.provider == METABASE:
+        body.setdefault("params", {})
+        url = METABASE_SITE  # nothing is sent: the broker signs
+        api_key = ""
+    elif embed.provider == EMBEDDABLE:
         body.setdefault("savedVersion", "production")
         body.setdefault("securityContext", {})
         body["expiryInSeconds"] = embed.ttl_seconds
@@ -771,6 +858,7 @@ def forbidden_markers(world: World, call: Call, issued: Issued) -> set[str]:
         marker for user in world.users if user is not acting_user for marker in user.markers
     }
     markers |= {*world.region_keys.values(), world.databrain_key}
+    markers |= {SUPERSET_PASSWORD, METABASE_SECRET}
     markers |= {embeddable_base(region).split("://")[1] for region in REGIONS}
     markers.discard(issued.api_key)
     if issued.provider == EMBEDDABLE:
@@ -810,9 +898,28 @@ class FakeVendors:
             body=request.content,
         )
         serial = len(self.minted) + 1
-        if request.url.path.endswith(EMBEDDABLE_PATH):
+        path = request.url.path
+        if path.endswith(SUPERSET_LOGIN_PATH):
+            if orjson.loads(request.content).get("password") != SUPERSET_PASSWORD:
+                return httpx.Response(401, json={"message": "Not authorized"})
+            return httpx.Response(200, json={"access_token": SUPERSET_ACCESS})
+        if path.startswith("/bi/") and request.headers.get("authorization") != (
+            f"Bearer {SUPERSET_ACCESS}"
+        ):
+            return httpx.Response(401, json={"msg": "Missing Authorization Header"})
+        if path.endswith(SUPERSET_CSRF_PATH):
+            cookie = f"session={SUPERSET_SESSION}; HttpOnly; Path=/"
+            return httpx.Response(
+                200, json={"result": SUPERSET_CSRF}, headers={"set-cookie": cookie}
+            )
+        if path.endswith(SUPERSET_GUEST_PATH):
+            csrf_ok = request.headers.get("x-csrftoken") == SUPERSET_CSRF
+            if not csrf_ok or request.headers.get("cookie") != f"session={SUPERSET_SESSION}":
+                return httpx.Response(400, json={"message": "The CSRF token is missing."})
             token = jwt_looking_token(serial)
-        elif request.url.path.endswith(DATABRAIN_PATH):
+        elif path.endswith(EMBEDDABLE_PATH):
+            token = jwt_looking_token(serial)
+        elif path.endswith(DATABRAIN_PATH):
             token = str(uuid.UUID(int=serial))
         else:
             return httpx.Response(404, json={"error": "no such endpoint"})
@@ -826,6 +933,10 @@ def jwt_looking_token(serial: int) -> str:
 
     claims = {"exp": int(time.time()) + 3600, "jti": serial}
     return f"{segment({'alg': 'HS256', 'typ': 'JWT'})}.{segment(claims)}.c2lnbmF0dXJl"
+
+
+SUPERSET_ACCESS = jwt_looking_token(0)
+"""The fake Superset's access token (a JWT with an exp an hour ahead: reused)."""
 
 
 Result = Grant | BrokerError
@@ -964,6 +1075,15 @@ def check_result(world: World, call: Call, result: Result, vendors: FakeVendors)
     assert result.rule.name == call.embed
     if expected.provider == EMBEDDABLE:
         assert result.element.attributes["base-url"] == embeddable_base(result.region) + "/"
+    if expected.provider == METABASE:
+        # Signed by the broker, not minted by a vendor: the payload is the request.
+        assert result.token not in vendors.minted
+        claims = pyjwt.decode(result.token, METABASE_SECRET, algorithms=["HS256"])
+        assert {k: v for k, v in claims.items() if k != "exp"} == expected.body
+        signed = orjson.dumps(claims).decode()
+        leaked = {m for m in forbidden_markers(world, call, expected) if m in signed}
+        assert not leaked, f"{call}: the signed token carries {sorted(leaked)}"
+        return expected
 
     # The token was minted by exactly the request this call must cause: a token from the
     # cache or the single-flight is never one minted for another body, tenant or region.
@@ -980,6 +1100,7 @@ def check_result(world: World, call: Call, result: Result, vendors: FakeVendors)
 def check_run(scenario: Scenario, run: Run) -> None:
     world = scenario.world
     granted: dict[str, bytes] = {}  # token -> identity of the request it was handed for
+    signed: set[str] = set()  # tokens the broker signed itself (Metabase)
     passes = (
         (scenario.calls, run.concurrent),
         (probe_calls(scenario), run.probes),
@@ -992,6 +1113,8 @@ def check_run(scenario: Scenario, run: Run) -> None:
                 assert isinstance(result, Grant)
                 previous = granted.setdefault(result.token, issued.identity)
                 assert previous == issued.identity, "one token handed out for two vendor requests"
+                if issued.provider == METABASE:
+                    signed.add(result.token)
 
     event(f"distinct vendor requests: {min(len(set(granted.values())), 5)}")
     # Requests repeated after the concurrent pass are served from the cache.
@@ -1001,7 +1124,7 @@ def check_run(scenario: Scenario, run: Run) -> None:
     # Every vendor call was made for a request that got its token: none on anyone
     # else's behalf. (Not one call per identity: two config bodies that differ only in
     # a vendor default, e.g. savedVersion, are cached apart; that is only a missed hit.)
-    assert set(run.vendors.minted) == set(granted)
+    assert set(run.vendors.minted) == set(granted) - signed
 
     # The catalogue agrees with the decisions: a session's tenant lists exactly its embeds.
     for spec in world.users:
