@@ -289,8 +289,16 @@ def _check_roles(policy: PolicyConfig) -> Iterable[ConfigIssue]:
             for path, reason in errors:
                 yield ConfigIssue(format_path(path), reason)
             factory = provider_class(policy.providers[provider_name].type)
-            for path, reason in factory.check_templates(compiled, where):
-                yield ConfigIssue(format_path(path), reason)
+            for path, reason in factory.check_templates(_templated_fields(compiled)):
+                yield ConfigIssue(format_path((*where, *path)), reason)
+
+
+def _templated_fields(compiled: Any) -> list[tuple[tuple[str | int, ...], frozenset[str]]]:
+    """Each templated field of a compiled body: its path and the roots it references."""
+    return [
+        (path, frozenset(ref.root for ref in template.references))
+        for path, template in iter_templates(compiled)
+    ]
 
 
 def _owned_field_reason(field: str) -> str:
@@ -334,8 +342,8 @@ def _check_embeds(policy: PolicyConfig, forwarded: list[str]) -> Iterable[Config
         if errors:
             yield from (ConfigIssue(format_path(p), r) for p, r in errors)
             continue
-        for path, reason in factory.check_templates(compiled, (*where, "request")):
-            yield ConfigIssue(format_path(path), reason)
+        for path, reason in factory.check_templates(_templated_fields(compiled)):
+            yield ConfigIssue(format_path((*where, "request", *path)), reason)
         role_additions = _role_additions(policy, embed.provider)
         if role_additions is None:
             continue  # reported by _check_roles

@@ -19,12 +19,15 @@ from typing import Annotated, Any, ClassVar, Generic, TypeVar
 import httpx
 from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
 
-from app.config.tree import YamlPath
 from app.providers.http import CallContext, VendorEndpoint
 
 # Fields that carry the token's lifetime. The broker owns them (from token_ttl_seconds);
 # a policy file that writes one in a request is rejected at load.
 BROKER_OWNED_FIELDS = frozenset({"expiryInSeconds", "expiryTime", "exp"})
+
+
+BodyPath = tuple[str | int, ...]
+"""A field's place in a request body: keys and list indexes."""
 
 
 class StrictModel(BaseModel):
@@ -187,10 +190,13 @@ class BaseProvider(abc.ABC, Generic[ConfigT]):
         """Raise ValueError when an embed's ``element`` block does not fit this vendor."""
 
     @classmethod
-    def check_templates(cls, compiled: Any, path: YamlPath) -> Iterable[tuple[YamlPath, str]]:
-        """Problems with where a request's templates put values, as (YAML path, reason):
-        a vendor whose body holds code (Superset's SQL clauses) refuses session values
-        there. None by default."""
+    def check_templates(
+        cls, templates: Iterable[tuple[BodyPath, frozenset[str]]]
+    ) -> Iterable[tuple[BodyPath, str]]:
+        """Problems with where a request's templates put values: given each templated
+        field (its path in the body, the roots it references: user, tenant, embed),
+        yield (path, reason). A vendor whose body holds code (Superset's SQL clauses)
+        refuses session values there. None by default."""
         return ()
 
     def preview(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:

@@ -42,12 +42,11 @@ import httpx
 import orjson
 from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, StrictInt
 
-from app.config.templates import iter_templates
-from app.config.tree import YamlPath
 from app.masking import mask_url
 from app.providers.base import (
     ApiKey,
     BaseProvider,
+    BodyPath,
     Element,
     EmbedElementConfig,
     IssuedToken,
@@ -271,14 +270,16 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
             )
 
     @classmethod
-    def check_templates(cls, compiled: Any, path: YamlPath) -> Iterable[tuple[YamlPath, str]]:
+    def check_templates(
+        cls, templates: Iterable[tuple[BodyPath, frozenset[str]]]
+    ) -> Iterable[tuple[BodyPath, str]]:
         """RLS clauses may use tenant and embed values (known and checked at load), never
         a session value: a claim inside SQL could rewrite the clause."""
-        for where, template in iter_templates(compiled):
+        for where, roots in templates:
             in_clause = len(where) >= 3 and where[0] == "rls" and where[2] == "clause"
-            if in_clause and any(ref.is_user for ref in template.references):
+            if in_clause and "user" in roots:
                 yield (
-                    (*path, *where),
+                    where,
                     "an RLS clause may use {tenant.*} and {embed.name} only: a session "
                     "value inside SQL could change the clause",
                 )
