@@ -60,7 +60,8 @@ CONTEXT_ARRIVED = """(tenant) => {
   const els = [...document.querySelectorAll('SELECTOR')];
   return els.length === 3 && els.every((el) => {
     const text = el.shadowRoot.querySelector('[data-field=context]').textContent;
-    return text.includes(`"${tenant}"`) && /\\d+ s/.test(
+    // a JSON value "acme", or Superset's SQL literal 'acme' in an RLS clause
+    return (text.includes(`"${tenant}"`) || text.includes(`'${tenant}'`)) && /\\d+ s/.test(
       el.shadowRoot.querySelector('[data-field=refresh]').textContent);
   });
 }""".replace("SELECTOR", SELECTOR)
