@@ -69,14 +69,49 @@ def wait_until_answering(process: subprocess.Popen[bytes], port: int) -> None:
         redis_unavailable(f"redis-server did not answer on port {port}")
 
 
+def redis_server_executable() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        redis_unavailable("redis-server is not on PATH")
+    return found
+
+
+def redis_server_args(port: int, *extra: str) -> list[str]:
+    """``redis-server`` arguments: ``port`` on loopback, no persistence, warnings only;
+    ``extra`` adds options (``--dir``, cluster or replica settings)."""
+    return [
+        "--port",
+        str(port),
+        "--bind",
+        LOOPBACK,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--loglevel",
+        "warning",
+        *extra,
+    ]
+
+
+def stop_process(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> None:
+    """Stop a server process: SIGTERM, or SIGKILL (a crash) with ``kill``; SIGKILL
+    after 10 s either way. Nothing to do when it is gone already."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 class RedisServer:
     """A ``redis-server`` subprocess on a fixed loopback port, without persistence."""
 
     def __init__(self, port: int | None = None) -> None:
-        executable = shutil.which("redis-server")
-        if executable is None:
-            redis_unavailable("redis-server is not on PATH")
-        self.executable = executable
+        self.executable = redis_server_executable()
         self.port = port if port is not None else free_port()
         self.url = f"redis://{LOOPBACK}:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="tb-redis-")
@@ -90,21 +125,7 @@ class RedisServer:
         if self.running:
             return
         self._process = subprocess.Popen(
-            [
-                self.executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                LOOPBACK,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self._dir,
-                "--loglevel",
-                "warning",
-            ],
+            [self.executable, *redis_server_args(self.port, "--dir", self._dir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -113,14 +134,7 @@ class RedisServer:
     def stop(self, *, kill: bool = False) -> None:
         """Stop the server; ``kill`` sends SIGKILL (a crash) instead of SIGTERM."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, kill=kill)
 
     def close(self) -> None:
         self.stop()

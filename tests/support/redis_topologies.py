@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -33,7 +32,12 @@ import redis
 from redis.crc import key_slot
 
 from tests.support.eventually import eventually
-from tests.support.redis import redis_unavailable, wait_until_answering
+from tests.support.redis import (
+    redis_server_args,
+    redis_server_executable,
+    stop_process,
+    wait_until_answering,
+)
 from tests.support.servers import LOOPBACK, free_port
 
 SLOTS = 16384
@@ -41,13 +45,6 @@ SERVICE = "tbmaster"
 SENTINEL_DOWN_AFTER_MS = 1000
 SENTINEL_FAILOVER_TIMEOUT_MS = 10000
 READY_TIMEOUT_SECONDS = 30.0
-
-
-def _executable() -> str:
-    found = shutil.which("redis-server")
-    if found is None:
-        redis_unavailable("redis-server is not on PATH")
-    return found
 
 
 @dataclass
@@ -69,7 +66,7 @@ class Node:
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [_executable(), *self.args],
+            [redis_server_executable(), *self.args],
             cwd=self.directory,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -78,33 +75,10 @@ class Node:
 
     def stop(self, *, kill: bool = False) -> None:
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, kill=kill)
 
     def client(self) -> redis.Redis:
         return redis.Redis(host=LOOPBACK, port=self.port, socket_timeout=5)
-
-
-def _data_node_args(port: int, *extra: str) -> list[str]:
-    return [
-        "--port",
-        str(port),
-        "--bind",
-        LOOPBACK,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--loglevel",
-        "warning",
-        *extra,
-    ]
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT_SECONDS) -> None:
@@ -163,7 +137,7 @@ def start_cluster(masters: int = 3) -> Iterator[ClusterSetup]:
             node_dir.mkdir()
             node = Node(
                 port,
-                _data_node_args(
+                redis_server_args(
                     port,
                     "--cluster-enabled",
                     "yes",
@@ -276,10 +250,12 @@ def start_sentinel(sentinels: int = 3, quorum: int = 2) -> Iterator[SentinelSetu
     started: list[Node] = []
     try:
         master_port, replica_port = free_port(), free_port()
-        master = Node(master_port, _data_node_args(master_port, "--dir", str(directory)), directory)
+        master = Node(
+            master_port, redis_server_args(master_port, "--dir", str(directory)), directory
+        )
         replica = Node(
             replica_port,
-            _data_node_args(
+            redis_server_args(
                 replica_port, "--dir", str(directory), "--replicaof", LOOPBACK, str(master_port)
             ),
             directory,
