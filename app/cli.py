@@ -226,6 +226,7 @@ def listen_problem(host: str, port: int) -> str | None:
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The server options ``serve`` runs uvicorn with (the benchmark reuses them)."""
+    from app.connections import ConnectionGuard, ConnectionLimits
     from app.observability.logging import logging_config
 
     return {
@@ -237,12 +238,17 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "timeout_graceful_shutdown": int(settings.shutdown_timeout_seconds),
         "server_header": False,
         "lifespan": "on",
+        # httptools with bounds on header size and count, header and body read time
+        # and connections (app.connections): uvicorn calls the guard per connection.
+        "http": ConnectionGuard(ConnectionLimits.from_settings(settings)),
+        "ws": "none",
     }
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.connections import ConnectionLimits, descriptor_problem
     from app.observability.logging import configure_logging
     from app.outbound import OutboundConfigError, check_outbound
 
@@ -257,6 +263,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except OutboundConfigError as exc:
         return _fail(f"invalid environment settings: {exc}")
     problem = _tracing_problem(settings) or listen_problem(settings.host, settings.port)
+    if problem is not None:
+        return _fail(problem)
+    problem = descriptor_problem(ConnectionLimits.from_settings(settings))
     if problem is not None:
         return _fail(problem)
 

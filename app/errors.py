@@ -10,6 +10,9 @@ Nothing else is ever shown to a client: an unexpected exception becomes
     ├── RequestTooLarge         413 request_too_large
     ├── NotFound                404 not_found
     ├── MethodNotAllowed        405 method_not_allowed
+    ├── RequestTimeout          408 request_timeout        ┐ answered by the connection
+    ├── HeadersTooLarge         431 headers_too_large      │ limits (app.connections),
+    ├── Overloaded              503 overloaded (Retry-After) ┘ before the app sees a request
     ├── AuthenticationError     401
     │   ├── Unauthenticated         unauthenticated  (WWW-Authenticate: Bearer)
     │   ├── InvalidSession          invalid_session
@@ -110,6 +113,43 @@ class MethodNotAllowed(BrokerError):
     code = "method_not_allowed"
     title = "Method not allowed"
     default_detail = "this endpoint does not accept that method"
+
+
+class RequestTimeout(BrokerError):
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout"
+    default_detail = "the request did not arrive in time"
+
+
+class HeadersTooLarge(BrokerError):
+    status = 431
+    code = "headers_too_large"
+    title = "Request header fields too large"
+    default_detail = "the request headers are too large"
+
+
+class Overloaded(BrokerError):
+    status = 503
+    code = "overloaded"
+    title = "Overloaded"
+    default_detail = "the broker is at its connection limit; retry shortly"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"Retry-After": "1"})
+
+
+CONNECTION_REFUSAL_REASONS = (
+    "header_too_large",  # request line and headers over BROKER_MAX_HEADER_BYTES
+    "too_many_headers",  # more than BROKER_MAX_HEADER_FIELDS
+    "header_timeout",  # headers unfinished after BROKER_HEADER_TIMEOUT_SECONDS
+    "body_timeout",  # body unfinished after BROKER_BODY_TIMEOUT_SECONDS
+    "over_capacity",  # every connection and the probe reserve in use
+    "reserve_not_probe",  # a reserve connection asked for something other than a probe
+    "evicted",  # an idle connection closed to make room for a new one
+)
+"""Why the connection limits (app.connections) refused a request or closed a
+connection: the ``reason`` values of ``token_broker_connections_refused_total``."""
 
 
 SESSION_REJECTION_REASONS = (

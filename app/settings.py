@@ -67,6 +67,19 @@ class Settings(BaseSettings):
     gc_full_interval_seconds: float = Field(default=60.0, ge=0, allow_inf_nan=False)
     """Seconds between full garbage collections (app.collector); 0 keeps Python's policy."""
 
+    # What a client may send before the app sees it (app.connections; security.md).
+    max_header_bytes: int = Field(default=32768, ge=1024, le=1 << 20)
+    """Request line plus header fields of one request, in bytes (431 over it)."""
+    max_header_fields: int = Field(default=100, ge=8, le=10000)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    """From a connection's start (or a request's first byte) to its complete headers."""
+    body_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    """From a body's first bytes to its last."""
+    max_connections: int = Field(default=512, ge=1, le=100000)
+    """Open client connections per worker process; an idle one makes room for a new one."""
+    probe_reserve: int = Field(default=8, ge=1, le=1000)
+    """Connections over ``max_connections`` kept for /healthz, /readyz and /metrics."""
+
     metrics_embed_labels: bool = False
     """Label ``token_broker_tokens_total`` with embed names. ``/metrics`` needs no
     credentials, and the API answers one ``embed_not_allowed`` for unknown and forbidden

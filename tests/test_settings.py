@@ -45,6 +45,12 @@ BAD_SETTINGS: list[tuple[str, str, dict[str, str], str]] = [
     ("BROKER_SHUTDOWN_TIMEOUT_SECONDS", "nan", {}, "finite"),
     ("BROKER_GC_FULL_INTERVAL_SECONDS", "often", {}, "number"),
     ("BROKER_METRICS_EMBED_LABELS", "perhaps", {}, "boolean"),
+    ("BROKER_MAX_HEADER_BYTES", "512", {}, "greater than or equal to 1024"),
+    ("BROKER_MAX_HEADER_FIELDS", "many", {}, "integer"),
+    ("BROKER_HEADER_TIMEOUT_SECONDS", "-1", {}, "greater than 0"),
+    ("BROKER_BODY_TIMEOUT_SECONDS", "inf", {}, "finite"),
+    ("BROKER_MAX_CONNECTIONS", "0", {}, "greater than or equal to 1"),
+    ("BROKER_PROBE_RESERVE", "0", {}, "greater than or equal to 1"),
 ]
 
 

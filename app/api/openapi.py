@@ -119,17 +119,36 @@ EVERY_OPERATION_ERRORS: dict[int, tuple[str, ...]] = {
     405: ("method_not_allowed",),
     500: ("internal_error",),
 }
+# Answered by the connection limits (app.connections) before any route is chosen.
+CONNECTION_ERRORS: dict[int, tuple[str, ...]] = {
+    408: ("request_timeout",),
+    431: ("headers_too_large",),
+    503: ("overloaded",),
+}
+
+
+def merge_errors(*maps: dict[int, tuple[str, ...]]) -> dict[int, tuple[str, ...]]:
+    """The codes of several maps, per status, in order and without repeats."""
+    merged: dict[int, tuple[str, ...]] = {}
+    for errors in maps:
+        for status, codes in errors.items():
+            merged[status] = tuple(dict.fromkeys((*merged.get(status, ()), *codes)))
+    return merged
+
 
 STATUS_DESCRIPTIONS = {
     400: "The request is malformed (JSON, types, unknown fields, missing tenant).",
     401: "No usable credentials.",
     403: "Authenticated, but not allowed.",
     405: "This path does not accept that method (see `Allow`).",
+    408: "The request's headers or body did not arrive in time; the connection is closed.",
     413: "The body is larger than 16 KiB.",
     429: "A rate limit is exhausted; retry after `Retry-After` seconds.",
+    431: "The request line and headers are too large, or there are too many header fields.",
     500: "A bug: the body says nothing but the request id.",
     502: "The vendor refused or answered without a usable token.",
-    503: "The vendor is unavailable (or the broker is protecting it); retry later.",
+    503: "The vendor is unavailable (or the broker is protecting it), or the broker is at "
+    "its connection limit; retry after `Retry-After` seconds.",
     504: "The vendor did not answer in time.",
 }
 
@@ -278,8 +297,12 @@ SESSION_SECURITY_NOTE = (
 
 def _token_operations() -> dict[tuple[str, str], dict[str, Any]]:
     """The token routes' operations (they are not framework routes)."""
-    token_errors = {**SESSION_ERRORS, **ISSUANCE_ERRORS, **EVERY_OPERATION_ERRORS}
-    service_errors = {**SERVICE_ERRORS, **ISSUANCE_ERRORS, **EVERY_OPERATION_ERRORS}
+    token_errors = merge_errors(
+        SESSION_ERRORS, ISSUANCE_ERRORS, EVERY_OPERATION_ERRORS, CONNECTION_ERRORS
+    )
+    service_errors = merge_errors(
+        SERVICE_ERRORS, ISSUANCE_ERRORS, EVERY_OPERATION_ERRORS, CONNECTION_ERRORS
+    )
     return {
         ("POST", "/v1/tokens"): {
             "tags": ["tokens"],
@@ -326,7 +349,9 @@ def _token_operations() -> dict[tuple[str, str], dict[str, Any]]:
                     "headers": _header_refs("X-Request-ID", "Cache-Control", "Pragma"),
                     "content": {"application/json": {"schema": _ref("EmbedsResponse")}},
                 },
-                **_error_responses({**SESSION_ERRORS, **EVERY_OPERATION_ERRORS}),
+                **_error_responses(
+                    merge_errors(SESSION_ERRORS, EVERY_OPERATION_ERRORS, CONNECTION_ERRORS)
+                ),
             },
         },
         ("POST", "/internal/v1/tokens"): {
@@ -404,7 +429,8 @@ def _framework_operations_completed(paths: dict[str, Any]) -> None:
             for response in responses.values():
                 headers = response.setdefault("headers", {})
                 headers.setdefault("X-Request-ID", {"$ref": "#/components/headers/X-Request-ID"})
-            for status, error in _error_responses(EVERY_OPERATION_ERRORS).items():
+            every = merge_errors(EVERY_OPERATION_ERRORS, CONNECTION_ERRORS)
+            for status, error in _error_responses(every).items():
                 responses.setdefault(status, error)
             operation["security"] = []
 

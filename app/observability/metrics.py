@@ -39,7 +39,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from app.errors import SESSION_REJECTION_REASONS
+from app.errors import CONNECTION_REFUSAL_REASONS, SESSION_REJECTION_REASONS
 from app.observability.logging import dropped_lines
 from app.version import package_version
 
@@ -139,6 +139,7 @@ class Metrics:
     vanished), local (Redis unavailable: called it without the fleet)."""
     session_cache_total: Counter
     sessions_rejected_total: Counter
+    connections_refused_total: Counter
     embed_labels: bool = False
     # Label lookups cost microseconds on the hot path; children are reused. Label
     # values are bounded (routes, methods, statuses, config names, codes).
@@ -305,7 +306,15 @@ class Metrics:
                 "Credentials refused, by reason (see the session.rejected audit event).",
                 ("reason",),
             ),
+            connections_refused_total=counter(
+                "connections_refused_total",
+                "Requests refused or connections closed by the connection limits, by "
+                "reason (app.connections).",
+                ("reason",),
+            ),
         )
+        for reason in CONNECTION_REFUSAL_REASONS:
+            metrics.connections_refused_total.labels(reason=reason)
         for reason in SESSION_REJECTION_REASONS:
             metrics.session_rejected(reason)
         for scope in RATE_LIMIT_SCOPES:

@@ -114,6 +114,9 @@ export type TokenBrokerErrorCode =
   | "internal_error"
   | "not_found"
   | "method_not_allowed"
+  | "request_timeout"
+  | "headers_too_large"
+  | "overloaded"
   // the client's own:
   | "network_error"
   | "bad_response"

@@ -153,12 +153,18 @@ def test_token_operations_declare_their_errors_headers_and_examples() -> None:
     paths = document()["paths"]
     create = paths["/v1/tokens"]["post"]
     assert set(create["responses"]) == {
-        "200", "400", "401", "403", "405", "413", "429", "500", "502", "503", "504",
+        "200", "400", "401", "403", "405", "408", "413", "429", "431", "500", "502", "503",
+        "504",
     }  # fmt: skip
     ok = create["responses"]["200"]
     assert set(ok["headers"]) >= {"X-Request-ID", "Cache-Control", "RateLimit-Limit"}
     assert set(create["responses"]["429"]["headers"]) >= {"Retry-After", "RateLimit-Reset"}
     assert "Retry-After" in create["responses"]["503"]["headers"]
+    # The vendor's 503 and the connection limits' 503 are both listed.
+    examples = create["responses"]["503"]["content"]["application/problem+json"]["examples"]
+    assert set(examples) == {"upstream_unavailable", "overloaded"}
+    health = paths["/healthz"]["get"]["responses"]
+    assert {"408", "431"} <= set(health)
     assert "WWW-Authenticate" in create["responses"]["401"]["headers"]
     assert create["requestBody"]["content"]["application/json"]["examples"]
     internal = paths["/internal/v1/tokens"]["post"]
