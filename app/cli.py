@@ -98,6 +98,12 @@ def _load_or_report(path: Path) -> PolicyConfig | None:
 # --- check-config ---------------------------------------------------------------------
 
 
+def _header_room_problem(settings: Settings, config: PolicyConfig) -> str | None:
+    from app.connections import header_room_problem
+
+    return header_room_problem(settings.max_header_bytes, config.session.max_token_bytes)
+
+
 def summarize(config: PolicyConfig) -> str:
     lines = ["issuers:"]
     for issuer in config.session.issuers:
@@ -135,7 +141,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load_or_report(path) if path is not None else None
     if config is None or settings is None:
         return EXIT_INVALID
-    problem = _tracing_problem(settings)
+    problem = _tracing_problem(settings) or _header_room_problem(settings, config)
     if problem is not None:
         return _fail(problem)
     print(f"{path}: valid")
@@ -256,7 +262,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings_or_report()
     if settings is None or _policy_path(None, "pass --config PATH") is None:
         return EXIT_INVALID
-    if _load_or_report(settings.config) is None:
+    config = _load_or_report(settings.config)
+    if config is None:
         return EXIT_INVALID
     try:
         check_outbound(settings.outbound_options())
@@ -265,7 +272,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     problem = _tracing_problem(settings) or listen_problem(settings.host, settings.port)
     if problem is not None:
         return _fail(problem)
-    problem = descriptor_problem(ConnectionLimits.from_settings(settings))
+    problem = _header_room_problem(settings, config) or descriptor_problem(
+        ConnectionLimits.from_settings(settings)
+    )
     if problem is not None:
         return _fail(problem)
 

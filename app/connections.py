@@ -114,6 +114,25 @@ def descriptor_problem(limits: ConnectionLimits) -> str | None:
     )
 
 
+# What a request sends besides the session token: the request line, Host, Origin,
+# Content-Type, a user agent, "Authorization: Bearer " or the cookie's name.
+HEADER_ROOM_BESIDES_TOKEN = 2048
+
+
+def header_room_problem(max_header_bytes: int, max_token_bytes: int) -> str | None:
+    """Why the header bound would refuse sessions the policy accepts, in one line;
+    None when it does not. A session travels in a header (bearer or cookie), so a
+    token of ``session.max_token_bytes`` must fit with room to spare."""
+    needed = max_token_bytes + HEADER_ROOM_BESIDES_TOKEN
+    if max_header_bytes >= needed:
+        return None
+    return (
+        f"BROKER_MAX_HEADER_BYTES: {max_header_bytes} bytes cannot carry the session "
+        f"tokens of up to {max_token_bytes} bytes that session.max_token_bytes allows; "
+        f"set it to at least {needed}"
+    )
+
+
 class Admission(enum.Enum):
     ORDINARY = "ordinary"
     PROBES_ONLY = "probes_only"

@@ -64,6 +64,24 @@ def test_check_config_invalid_exits_1_with_path_and_reason(tmp_path: Path) -> No
     assert "Traceback" not in result.stderr
 
 
+def test_a_header_bound_too_small_for_the_session_tokens_is_one_line(tmp_path: Path) -> None:
+    """Sessions travel in a header: BROKER_MAX_HEADER_BYTES must hold the largest token
+    the policy accepts, or every such session would be refused with 431."""
+    document = base_policy()
+    document["session"]["max_token_bytes"] = 65536
+    path = str(write_policy(tmp_path, document))
+    for command in (("check-config", path), ("serve", "--config", path, "--port", "0")):
+        result = run_cli(*command, env=BASE_ENV)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert result.stderr.strip().splitlines() == [
+            "token-broker: BROKER_MAX_HEADER_BYTES: 32768 bytes cannot carry the session "
+            "tokens of up to 65536 bytes that session.max_token_bytes allows; set it to at "
+            "least 67584"
+        ], command
+    raised = run_cli("check-config", path, env={**BASE_ENV, "BROKER_MAX_HEADER_BYTES": "67584"})
+    assert raised.returncode == 0, raised.stderr
+
+
 def test_check_config_rejects_an_api_key_file_with_an_extra_newline(tmp_path: Path) -> None:
     secret_file = tmp_path / "embeddable_us_key"
     secret_file.write_text("canary-file-key-91ab\n\n")

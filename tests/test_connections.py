@@ -56,7 +56,9 @@ def limits_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerPr
         "header_timeout_seconds": "1",
         "body_timeout_seconds": "1",
     }
-    path = write_policy(folder, base_policy())
+    policy = base_policy()
+    policy["session"]["max_token_bytes"] = 4096  # what an 8 KiB header bound can carry
+    path = write_policy(folder, policy)
     with broker_process(path, folder, broker_environment("http://127.0.0.1:9", **settings)) as b:
         yield b
 
