@@ -146,6 +146,22 @@ def test_a_secret_templated_into_a_body_is_masked(tmp_path: Path) -> None:
     assert "exactly as sent, secrets masked" in result.stdout
 
 
+def test_a_login_password_with_json_escapes_is_masked() -> None:
+    # Superset's login carries the password in the JSON body, where a quote or a
+    # backslash is escaped: the printed body must not show it in either form.
+    password = 'pa"ss\\w0rd-7Q'
+    escaped = orjson.dumps(password).decode()[1:-1]
+    result = run_cli(
+        "explain", "--config", "config/broker.example.yaml", "--user", "alice",
+        "--tenant", "acme", "--roles", "analyst", "--embed", "bi-sales",
+        env={**EXAMPLE_ENV, "SUPERSET_PASSWORD": password},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert '"password":"********"' in body_line(result.stdout).decode()
+    for shown in (password, escaped, "w0rd-7Q"):
+        assert shown not in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
