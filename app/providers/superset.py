@@ -55,7 +55,7 @@ from app.providers.base import (
     VendorUrl,
 )
 from app.providers.embeddable import unverified_exp
-from app.providers.errors import ProviderRejected
+from app.providers.errors import ProviderError, ProviderRejected
 from app.providers.http import (
     CallContext,
     VendorEndpoint,
@@ -251,6 +251,9 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
         super().__init__(name, config, http_client=http_client)
         self._access: AccessToken | None = None
         self._login_lock = asyncio.Lock()
+        self._logins_finished = 0
+        self._login_failure: ProviderError | None = None
+        """The last login's failure, for the calls that waited on it."""
         self._elements: dict[str, Element] = {}
         self.logins = 0
         """Logins made (for metrics and tests: reuse is the point)."""
@@ -345,11 +348,25 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
         current = self._access
         if current is not None and current.renew_at > time.time():
             return current
+        finished = self._logins_finished
         async with self._login_lock:
             current = self._access  # a login that finished while this one waited
             if current is not None and current.renew_at > time.time():
                 return current
-            token = await self._login(region)
+            failure = self._login_failure
+            if failure is not None and finished != self._logins_finished:
+                # A login that failed while this call waited: its answer, not one more
+                # try. N concurrent misses with a wrong password would otherwise be N
+                # failed logins, enough to lock the account out (LDAP, an IdP policy).
+                raise failure
+            self._login_failure = None  # only this attempt's outcome is shared
+            try:
+                token = await self._login(region)
+            except ProviderError as exc:
+                self._login_failure = exc
+                raise
+            finally:
+                self._logins_finished += 1
             self.logins += 1
             exp = unverified_exp(token)
             lifetime_end = exp if exp is not None else time.time() + ACCESS_FALLBACK_SECONDS

@@ -162,6 +162,24 @@ async def test_concurrent_misses_share_one_login(
     assert len(calls(sandbox, LOGIN)) == provider.logins == 1
 
 
+async def test_concurrent_misses_with_a_wrong_password_make_one_failed_login(
+    sandbox: Sandbox, client: httpx.AsyncClient
+) -> None:
+    # Each failed login counts towards a lockout (LDAP, an IdP policy): the calls that
+    # waited on a refused login get its answer instead of trying again.
+    provider = superset(sandbox, client, password="not-the-password-9f2c")
+    bodies = [{**GUEST_BODY, "rls": [{"clause": f"region = 'r{n}'"}]} for n in range(12)]
+    outcomes = await asyncio.gather(
+        *(provider.issue(body, 900, None) for body in bodies), return_exceptions=True
+    )
+    assert all(isinstance(outcome, ProviderAuthFailed) for outcome in outcomes), outcomes
+    assert len(calls(sandbox, LOGIN)) == 1
+    # A later call is not refused from memory: it logs in again (the account may be fixed).
+    with pytest.raises(ProviderAuthFailed):
+        await provider.issue(GUEST_BODY, 900, None)
+    assert len(calls(sandbox, LOGIN)) == 2
+
+
 async def test_a_revoked_access_token_is_renewed_once_on_401(
     sandbox: Sandbox, client: httpx.AsyncClient
 ) -> None:
