@@ -39,6 +39,20 @@ BAD_SETTINGS: list[tuple[str, str, dict[str, str], str]] = [
     ),
     ("BROKER_REDIS_URL", f"redis+cluster://u:{CANARY_PASSWORD}@a:7000/1", {}, "database 0"),
     ("BROKER_REDIS_URL", f"redis+sentinel://:{CANARY_PASSWORD}@s1:26379", {}, "service"),
+    # An unencoded '?' or '/' in the password: its tail must not come back as an option
+    # name or a service in the error (the password here is "<canary>?<canary>").
+    (
+        "BROKER_REDIS_URL",
+        f"redis+cluster://u:{CANARY_PASSWORD}?{CANARY_PASSWORD}@a:7000",
+        {},
+        "percent-encode",
+    ),
+    (
+        "BROKER_REDIS_URL",
+        f"redis+sentinel://:{CANARY_PASSWORD}/{CANARY_PASSWORD}@s1:26379/svc",
+        {},
+        "percent-encode",
+    ),
     ("BROKER_REDIS_KEY_PREFIX", "", {}, "at least 1 character"),
     ("BROKER_REDIS_KEY_PREFIX", "tb{x}:", {}, "must not contain {"),
     ("BROKER_RELOAD_INTERVAL_SECONDS", "-1", {}, "greater than or equal to 0"),

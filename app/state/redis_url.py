@@ -101,6 +101,14 @@ def parse_redis_url(url: str) -> RedisTarget:
     # Comma-separated hosts are not something urlsplit understands: split by hand.
     location, _, query = rest.partition("?")
     authority, _, path = location.partition("/")
+    if "@" in path or "@" in query:
+        # A '/' or '?' inside the user-info (an unencoded password) ended the authority
+        # early: the password's tail would be read as a path or an option name, and an
+        # error quoting those would print it.
+        raise ValueError(
+            "has an '@' after the host list: percent-encode '/', '?' and '@' in the "
+            "user name and password (%2F, %3F, %40)"
+        )
     userinfo, at, hosts = authority.rpartition("@")
     username = password = None
     if at:

@@ -57,6 +57,19 @@ def test_bad_urls_say_why_without_the_secret(url: str, reason: str) -> None:
     assert SECRET not in str(caught.value)
 
 
+@pytest.mark.parametrize("scheme", ["redis+cluster", "redis+sentinel"])
+@pytest.mark.parametrize("separator", ["?", "/", "?a=b&"])
+def test_a_password_with_an_unencoded_separator_is_not_quoted(scheme: str, separator: str) -> None:
+    # The separator ends the authority early: the password's tail must not come back
+    # as an "unknown option" or a service name in the one-line error.
+    head, tail = "canary-head-4711", "canary-tail-0815"
+    url = f"{scheme}://user:{head}{separator}{tail}@h1:7000/svc"
+    with pytest.raises(ValueError) as caught:
+        parse_redis_url(url)
+    assert head not in str(caught.value) and tail not in str(caught.value)
+    assert "percent-encode" in str(caught.value)
+
+
 def test_repr_leaves_the_credentials_out() -> None:
     target = parse_redis_url(f"redis+sentinel://u:{SECRET}@s1/svc?sentinel_password={SECRET}")
     assert SECRET not in repr(target)
