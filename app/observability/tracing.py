@@ -146,6 +146,14 @@ class TracerSpans:
 
     @contextlib.contextmanager
     def span(self, name: str) -> Iterator[SpanLike]:
+        parent = trace.get_current_span()
+        if parent.get_span_context().is_valid and not parent.is_recording():
+            # The request was not sampled, and every built-in sampler decides the same
+            # for its children (parent-based, or by the same trace id): making them
+            # would cost ~10 us each and record nothing. The trace id still reaches the
+            # vendor, from the request span's context.
+            yield _NO_SPAN
+            return
         with self._tracer.start_as_current_span(
             name, record_exception=False, set_status_on_exception=False
         ) as span:

@@ -12,15 +12,18 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
 from opentelemetry.trace import SpanKind, StatusCode
 
-from app.observability.tracing import NO_SPANS, TracedTransport, Tracing
+from app.observability.tracing import NO_SPANS, TracedTransport, TracerSpans, Tracing
 from tests.support.eventually import eventually
 from tests.support.policies import (
     BASE_ENV,
@@ -306,3 +309,64 @@ def test_on_wraps_the_outbound_transport() -> None:
     inner = httpx.MockTransport(lambda request: httpx.Response(204))
     wrapped = tracing.transport(inner)
     assert isinstance(wrapped, TracedTransport) and wrapped.inner is inner
+
+
+def test_an_unsampled_caller_gets_no_spans_but_the_vendor_gets_its_trace(
+    stack: Stack, exporter: InMemorySpanExporter
+) -> None:
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    stack.clear_vendor_requests()
+    response = stack.client.post(
+        f"{stack.broker}/v1/tokens",
+        json={"embed": EMBED},
+        headers={
+            **bearer(session_token(user="trace-unsampled")),
+            "traceparent": f"00-{trace_id}-{caller_span}-00",  # the caller did not sample
+        },
+    )
+    assert response.status_code == 200
+    (received,) = stack.vendor_requests("embeddable")
+    _, sent_trace, _, flags = received["traceparent"].split("-")
+    assert (sent_trace, flags) == (trace_id, "00")  # the vendor can still join the trace
+    # A sampled request after it: once its spans are in, the unsampled one left none.
+    header, later, _ = traceparent()
+    stack.client.post(
+        f"{stack.broker}/v1/tokens",
+        json={"embed": EMBED},
+        headers={**bearer(session_token(user="trace-unsampled")), "traceparent": header},
+    )
+    trace_spans(exporter, later, until="POST /v1/tokens")
+    assert not [
+        span
+        for span in exporter.get_finished_spans()
+        if span.context is not None and f"{span.context.trace_id:032x}" == trace_id
+    ]
+
+
+class CountingTracer:
+    """A tracer that counts the spans asked of it."""
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self.inner = tracer
+        self.started = 0
+
+    def start_as_current_span(self, name: str, **options: Any) -> Any:
+        self.started += 1
+        return self.inner.start_as_current_span(name, **options)
+
+
+def test_no_child_span_is_made_under_an_unsampled_request() -> None:
+    # Counted, not timed: an unsampled request makes no spans below its own.
+    for sampler, expected in ((ALWAYS_OFF, 0), (ALWAYS_ON, 1)):
+        provider = TracerProvider(sampler=ParentBased(sampler))
+        counting = CountingTracer(provider.get_tracer("test"))
+        spans = TracerSpans(cast(trace.Tracer, counting))
+        request = provider.get_tracer("test").start_as_current_span("request")
+        with request, spans.span("policy.decide") as span:
+            span.set_attribute("token_broker.outcome", "ok")
+        assert counting.started == expected, sampler
+    # Without any request span (a background task), spans are made as usual.
+    counting = CountingTracer(TracerProvider().get_tracer("test"))
+    with TracerSpans(cast(trace.Tracer, counting)).span("jwks.refresh"):
+        pass
+    assert counting.started == 1
