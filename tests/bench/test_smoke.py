@@ -201,8 +201,10 @@ def test_tracing_row_compares_before_off_and_on_in_one_run(
     assert [row["scenario"].split(" (")[0] for row in tracing["rows"]] == [
         "S1T tracing off vs before tracing",
         "S1T tracing on vs off",
+        "S1T tracing on, 1 in 10 sampled, vs off",
     ]
     runs = tracing["runs"]
-    assert len(runs["before"]) == len(runs["off"]) == len(runs["on"]) >= 1
-    assert all(r["ok_requests"] > 0 for r in runs["before"] + runs["off"] + runs["on"])
+    assert set(runs) == {"before", "off", "on", "on-10%"}
+    assert len({len(measured) for measured in runs.values()}) == 1
+    assert all(r["ok_requests"] > 0 for measured in runs.values() for r in measured)
     assert tracing["otlp_received"]["exports"] > 0  # on really traced and exported
