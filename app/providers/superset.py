@@ -388,7 +388,7 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
     def _context(self, region: str | None) -> CallContext:
         return CallContext(self.name, region, tuple(self.config.secrets()))
 
-    def _request(
+    async def _send(
         self,
         method: str,
         url: str,
@@ -396,7 +396,7 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
         *,
         body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
-    ) -> tuple[httpx.Request, VendorEndpoint]:
+    ) -> VendorResponse:
         endpoint = VendorEndpoint.prepare(
             url,
             api_key=SecretStr("unused"),
@@ -415,18 +415,6 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
             content=None if body is None else orjson.dumps(body),
             extensions={"timeout": endpoint.timeouts},
         )
-        return request, endpoint
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        region: str | None,
-        *,
-        body: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> VendorResponse:
-        request, endpoint = self._request(method, url, region, body=body, headers=headers)
         return await send(self._http, request, endpoint)
 
 
