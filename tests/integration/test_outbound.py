@@ -119,21 +119,29 @@ def jwks_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def tls_origin(
-    pki: Pki, jwks_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[int]:
-    """Sandbox + JWKS over TLS with the test CA's certificate for localhost/127.0.0.1."""
+@contextlib.contextmanager
+def _origin(pki: Pki, jwks_file: Path, directory: Path, *extra: str) -> Iterator[int]:
+    """Sandbox + JWKS over TLS with the test CA's certificate for localhost/127.0.0.1;
+    ``extra`` adds options of ``tests.support.origin`` (``--client-ca``)."""
     with _child(
         "tests.support.origin",
-        tmp_path_factory.mktemp("origin"),
+        directory,
         "--certfile",
         str(pki.server_cert),
         "--keyfile",
         str(pki.server_key),
         "--jwks",
         str(jwks_file),
+        *extra,
     ) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def tls_origin(
+    pki: Pki, jwks_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[int]:
+    with _origin(pki, jwks_file, tmp_path_factory.mktemp("origin")) as port:
         yield port
 
 
@@ -142,18 +150,8 @@ def mtls_origin(
     pki: Pki, jwks_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[int]:
     """The same origin, but the TLS handshake requires a client certificate of the CA."""
-    with _child(
-        "tests.support.origin",
-        tmp_path_factory.mktemp("mtls-origin"),
-        "--certfile",
-        str(pki.server_cert),
-        "--keyfile",
-        str(pki.server_key),
-        "--jwks",
-        str(jwks_file),
-        "--client-ca",
-        str(pki.ca_file),
-    ) as port:
+    directory = tmp_path_factory.mktemp("mtls-origin")
+    with _origin(pki, jwks_file, directory, "--client-ca", str(pki.ca_file)) as port:
         yield port
 
 
