@@ -66,14 +66,9 @@ class Connection:
             await self.writer.wait_closed()
 
 
-async def burst(host: str, port: int, request: bytes, count: int) -> list[Answer]:
-    """``count`` connections, opened first; then the same request on each, all at once."""
-    return await burst_to([(host, port, request)] * count)
-
-
 async def burst_to(targets: Sequence[tuple[str, int, bytes]]) -> list[Answer]:
     """One connection per ``(host, port, request)``, all opened first; then every request
-    written in one pass (S8 spreads one burst over several servers)."""
+    written in one pass (S4 sends one burst to one server, S8 spreads it over several)."""
     connections = await asyncio.gather(*(Connection.open(host, port) for host, port, _ in targets))
     try:
         for connection, (_, _, request) in zip(connections, targets, strict=True):

@@ -12,7 +12,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -708,14 +708,32 @@ def s9_outbound_transports(bench: Bench) -> ScenarioResult:
 # --- S4 -------------------------------------------------------------------------------
 
 
-async def _herd(child: Child, session: str, count: int) -> tuple[Counter[int], set[str], float]:
-    assert child.port is not None
+async def _herd(
+    brokers: Sequence[Child], session: str, count: int
+) -> tuple[Counter[int], set[str], float]:
+    """``count`` identical token requests in one pass, spread round-robin over ``brokers``
+    (S4 sends them all to one, S8 over the fleet); the statuses, the distinct tokens and
+    the seconds it took to open every connection and read every answer."""
+    requests = [_session_post(broker, session) for broker in brokers]
+    targets = []
+    for number in range(count):
+        broker = brokers[number % len(brokers)]
+        assert broker.port is not None
+        targets.append((LOOPBACK, broker.port, requests[number % len(brokers)]))
     started = time.perf_counter()
-    answers = await rawhttp.burst(LOOPBACK, child.port, _session_post(child, session), count)
+    answers = await rawhttp.burst_to(targets)
     elapsed = time.perf_counter() - started
     statuses = Counter(answer.status for answer in answers)
     tokens = {orjson.loads(a.body)["token"] for a in answers if a.status == 200}
     return statuses, tokens, elapsed
+
+
+def _herd_outcome(calls: int, statuses: Counter[int], tokens: set[str]) -> str:
+    return (
+        f"{calls} vendor call; "
+        + ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
+        + f"; {len(tokens)} distinct token(s)"
+    )
 
 
 def s4_thundering_herd(bench: Bench) -> ScenarioResult:
@@ -728,7 +746,7 @@ def s4_thundering_herd(bench: Bench) -> ScenarioResult:
     before = bench.counts(broker)
     bench.set_vendor_latency(S4_VENDOR_LATENCY_MS)
     try:
-        statuses, tokens, elapsed = asyncio.run(_herd(broker, session, count))
+        statuses, tokens, elapsed = asyncio.run(_herd([broker], session, count))
     finally:
         bench.clear_faults()
     during = bench.counts(broker).minus(before)
@@ -737,9 +755,7 @@ def s4_thundering_herd(bench: Bench) -> ScenarioResult:
     by_cache = during.tokens_by_cache
     row = Row(
         f"S4 thundering herd ({count} concurrent, cold, vendor +200 ms)",
-        f"{calls} vendor call; "
-        + ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
-        + f"; {len(tokens)} distinct token(s)",
+        _herd_outcome(calls, statuses, tokens),
         f"{int(by_cache.get('coalesced', 0))} coalesced, {int(by_cache.get('hit', 0))} cache hits",
         "—",
         target,
@@ -957,22 +973,6 @@ def s7_repeat_loads(bench: Bench) -> ScenarioResult:
 # --- S8 -------------------------------------------------------------------------------
 
 
-async def _fleet_herd(
-    brokers: list[Child], session: str, count: int
-) -> tuple[Counter[int], set[str], float]:
-    targets = []
-    for number in range(count):
-        broker = brokers[number % len(brokers)]
-        assert broker.port is not None
-        targets.append((LOOPBACK, broker.port, _session_post(broker, session)))
-    started = time.perf_counter()
-    answers = await rawhttp.burst_to(targets)
-    elapsed = time.perf_counter() - started
-    statuses = Counter(answer.status for answer in answers)
-    tokens = {orjson.loads(a.body)["token"] for a in answers if a.status == 200}
-    return statuses, tokens, elapsed
-
-
 def s8_fleet_herd(bench: Bench) -> ScenarioResult:
     """performance.md S8: three brokers on one Redis, one burst spread over them."""
     count = bench.profile.s8_requests
@@ -994,7 +994,7 @@ def s8_fleet_herd(bench: Bench) -> ScenarioResult:
         before = [bench.counts(broker) for broker in brokers]
         bench.set_vendor_latency(S8_VENDOR_LATENCY_MS)
         try:
-            statuses, tokens, elapsed = asyncio.run(_fleet_herd(brokers, session, count))
+            statuses, tokens, elapsed = asyncio.run(_herd(brokers, session, count))
         finally:
             bench.clear_faults()
         during = [
@@ -1014,9 +1014,7 @@ def s8_fleet_herd(bench: Bench) -> ScenarioResult:
     row = Row(
         f"S8 fleet herd ({S8_BROKERS} brokers, one Redis, {count} concurrent, cold, "
         f"vendor +{S8_VENDOR_LATENCY_MS} ms)",
-        f"{calls} vendor call; "
-        + ", ".join(f"{n} x {status}" for status, n in sorted(statuses.items()))
-        + f"; {len(tokens)} distinct token(s)",
+        _herd_outcome(calls, statuses, tokens),
         f"fleet: {roles.get('leader', 0)} leader, {roles.get('follower', 0)} follower(s), "
         f"{roles.get('takeover', 0)} takeover(s); {by_cache.get('coalesced', 0)} coalesced",
         "—",
