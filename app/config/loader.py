@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from app.config.interpolation import interpolate_tree
 from app.config.models import EmbedConfig, PolicyConfig, SessionConfig
 from app.config.templates import (
+    STATIC_ROOTS,
     Missing,
     Reference,
     compile_tree,
@@ -429,6 +430,13 @@ def _check_rendered(
             )
         if missing:
             continue
+        yield from _check_static_values(
+            (name, embed.provider),
+            (tenant_id, tenant.region, tenant.attributes),
+            compiled,
+            role_additions,
+            factory,
+        )
         every_role = [additions for _, additions in role_additions]
         for label, trees in (
             ("", [compiled]),
@@ -446,6 +454,35 @@ def _check_rendered(
                     f"{factory.type_name} request: {problem}",
                 )
                 break
+
+
+def _check_static_values(
+    embed: tuple[str, str],
+    tenant: tuple[str, str, Mapping[str, Any]],
+    compiled: Any,
+    role_additions: list[tuple[str, Any]],
+    factory: Any,
+) -> Iterable[ConfigIssue]:
+    """Each tenant and embed value a template writes into longer text, shown to the
+    provider (``check_static_value``): the rendered body alone cannot tell a value that
+    ended a SQL literal from the clause's own text."""
+    (name, provider), (tenant_id, region, attributes) = embed, tenant
+    resolve = static_resolver(name, tenant_id, region, attributes)
+    trees: list[tuple[YamlPath, Any]] = [(("embeds", name, "request"), compiled)]
+    trees += [(("roles", role, provider), additions) for role, additions in role_additions]
+    for where, tree in trees:
+        for body_path, template in iter_templates(tree):
+            if template.is_single_reference:
+                continue  # the whole field is the value: the operator's own text
+            for ref in template.references:
+                if ref.root not in STATIC_ROOTS:
+                    continue
+                reason = factory.check_static_value(body_path, resolve(ref))
+                if reason:
+                    yield ConfigIssue(
+                        format_path((*where, *body_path)),
+                        f"{ref} of tenant {tenant_id!r}: {reason}",
+                    )
 
 
 def _render_and_validate(

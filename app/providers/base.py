@@ -199,6 +199,14 @@ class BaseProvider(abc.ABC, Generic[ConfigT]):
         refuses session values there. None by default."""
         return ()
 
+    @classmethod
+    def check_static_value(cls, where: BodyPath, value: object) -> str | None:
+        """A problem with a tenant or embed value that a template places inside longer
+        text at ``where`` (checked at load, for every tenant the embed allows), or None.
+        A vendor whose body holds code checks that a value cannot end the literal it is
+        written into. None by default."""
+        return None
+
     def preview(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """For a dry run, the token's own body when it is not the first request the
         provider sends: what a signer signs, or the guest-token body a vendor gets after

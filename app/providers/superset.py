@@ -85,6 +85,8 @@ REFUSED_ACCESS_STATUSES = frozenset({401, 422})
 cannot read (a rotated SECRET_KEY). Either way: log in again, once."""
 MAX_CLAUSE_CHARS = 4096
 _CLAUSE_FORBIDDEN = (";", "--", "/*", "*/", "\\")
+_VALUE_FORBIDDEN = ("'", '"', "`", "\\")
+"""In a value templated into a clause: what could end or escape the literal around it."""
 
 
 # --- configuration -----------------------------------------------------------------------
@@ -286,6 +288,19 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
                     "an RLS clause may use {tenant.*} and {embed.name} only: a session "
                     "value inside SQL could change the clause",
                 )
+
+    @classmethod
+    def check_static_value(cls, where: BodyPath, value: object) -> str | None:
+        """A tenant or embed value inside an RLS clause holds no quote or backslash: the
+        clause's own check sees only the finished SQL, where ``x' OR '1'='1`` pasted
+        into ``'...'`` leaves the quotes balanced and reads every tenant's rows."""
+        in_clause = len(where) >= 3 and where[0] == "rls" and where[2] == "clause"
+        if in_clause and isinstance(value, str) and any(c in value for c in _VALUE_FORBIDDEN):
+            return (
+                "a value inside an RLS clause must not contain a quote or a backslash: "
+                "it could end the SQL literal it is written into"
+            )
+        return None
 
     def element(self, element: EmbedElementConfig | None, region: str | None) -> Element:
         if element is None or element.dashboard_id is None:

@@ -353,6 +353,35 @@ def test_the_loader_refuses_a_clause_a_tenant_attribute_makes_unsafe() -> None:
         load_policy_text(yaml.safe_dump(document), environ=ENV)
 
 
+@pytest.mark.parametrize("where", ["embed", "role"])
+def test_the_loader_refuses_a_tenant_value_that_ends_its_sql_literal(where: str) -> None:
+    # Balanced quotes: the clause check alone sees valid SQL reading every tenant's rows.
+    document = superset_policy()
+    document["tenants"]["acme"]["attributes"]["code"] = "x' OR '1'='1"
+    document["tenants"]["globex"]["attributes"]["code"] = "globex"
+    clause = {"clause": "code = '{tenant.attributes.code}'"}
+    if where == "embed":
+        document["embeds"]["bi-sales"]["request"]["rls"] = [clause]
+        path = r"embeds\.bi-sales\.request\.rls\[0\]\.clause"
+    else:
+        document["roles"]["analyst"]["superset"] = {"rls": [clause]}
+        path = r"roles\.analyst\.superset\.rls\[0\]\.clause"
+    with pytest.raises(ConfigError, match=path) as caught:
+        load_policy_text(yaml.safe_dump(document), environ=ENV)
+    message = str(caught.value)
+    assert "{tenant.attributes.code} of tenant 'acme'" in message
+    assert "must not contain a quote" in message
+    assert "'globex'" not in message
+
+
+def test_a_clause_that_is_wholly_a_tenant_value_is_the_operators_sql() -> None:
+    document = superset_policy()
+    document["tenants"]["acme"]["attributes"]["rls"] = "org IN ('a', 'b')"
+    document["tenants"]["globex"]["attributes"]["rls"] = "org = 'globex'"
+    document["embeds"]["bi-sales"]["request"]["rls"] = [{"clause": "{tenant.attributes.rls}"}]
+    assert "bi-sales" in load_policy_text(yaml.safe_dump(document), environ=ENV).embeds
+
+
 def test_config_checks() -> None:
     with pytest.raises(ValidationError, match="cleartext"):
         TypeAdapter(ProviderConfig).validate_python(
