@@ -16,9 +16,10 @@ a 500 that one request body provokes)::
     │   ├── ProviderRateLimited         429 (retry_after_seconds)                  no
     │   └── ProviderUnavailable         broker-side: circuit open, calls in flight  no
     └── LogicalError                                                           no
-        ├── ProviderRejected            any other 4xx but 429: the body was refused (status, vendor_code)
-        ├── ProviderAuthFailed          the vendor's credential error: the API key was refused
-        │                               (Embeddable 401; Databrain AUTHENTICATION_ERROR, ...)
+        ├── VendorRefusal               a 4xx answer (status, vendor_code)
+        │   ├── ProviderRejected            any other 4xx but 429: the body was refused
+        │   └── ProviderAuthFailed          the vendor's credential error: the API key was refused
+        │                                   (Embeddable 401; Databrain AUTHENTICATION_ERROR, ...)
         └── ProviderBadResponse         2xx without a usable token
 
 Messages are short and scrubbed: never an API key, a token, or a raw vendor body.
@@ -106,7 +107,9 @@ class LogicalError(ProviderError):
     """The vendor's considered answer: the same call gets the same answer."""
 
 
-class ProviderRejected(LogicalError):
+class VendorRefusal(LogicalError):
+    """The vendor answered 4xx: its status and, where it sends one, its error code."""
+
     def __init__(
         self,
         message: str,
@@ -121,19 +124,12 @@ class ProviderRejected(LogicalError):
         self.vendor_code = vendor_code
 
 
-class ProviderAuthFailed(LogicalError):
-    def __init__(
-        self,
-        message: str,
-        *,
-        provider: str,
-        region: str | None = None,
-        status: int,
-        vendor_code: str | None = None,
-    ) -> None:
-        super().__init__(message, provider=provider, region=region)
-        self.status = status
-        self.vendor_code = vendor_code
+class ProviderRejected(VendorRefusal):
+    """The request was refused (api.md ``upstream_rejected``)."""
+
+
+class ProviderAuthFailed(VendorRefusal):
+    """The broker's credential was refused (api.md ``upstream_auth_failed``)."""
 
 
 class ProviderBadResponse(LogicalError):
