@@ -412,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser(
         "sandbox",
         help="run the vendor emulators",
-        description="Run local emulators of the Embeddable and Databrain token APIs.",
+        description="Run local emulators of the Embeddable, Databrain, Superset and Preset token APIs.",
     )
     sandbox.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     sandbox.add_argument("--port", type=int, default=8090, help="listen port (default 8090)")

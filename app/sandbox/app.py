@@ -1,4 +1,4 @@
-"""The sandbox: local emulators of the Embeddable and Databrain token APIs.
+"""The sandbox: local emulators of the Embeddable, Databrain, Superset and Preset token APIs.
 
 One ASGI app serves, on one port (upstreams.md "The sandbox"):
 
