@@ -4,8 +4,8 @@
   requests share a token only when the vendor would have been asked the same thing, so
   users, tenants and security contexts never share tokens.
 - :class:`MemoryTokenCache`: the default, an LRU bounded by ``cache.max_entries``.
-- :class:`RedisTokenCache`: shared between replicas. Keys are hashes (no user data in
-  key names), values are AES-GCM encrypted with a key derived (HKDF-SHA256) from
+- :class:`RedisTokenCache`: shared between replicas. Key names are keyed hashes of the
+  cache key (no user data, and no way to test a guessed user without the secret), values are AES-GCM encrypted with a key derived (HKDF-SHA256) from
   ``BROKER_CACHE_ENCRYPTION_KEY`` and bound to their key name, entries expire with the
   token. It never raises: on a Redis error it serves from its in-process cache. Key
   names end in a hash tag (``tok:{<hash>}``) that the fleet lock shares
@@ -45,6 +45,7 @@ log = logging.getLogger("token_broker.cache")
 MIN_ENCRYPTION_SECRET_BYTES = 32
 _KEY_VERSION = b"token-broker/cache-key/v1"
 _HKDF_INFO = b"token-broker/redis-token-cache/aes-256-gcm/v1"
+_NAME_HKDF_INFO = b"token-broker/redis-token-cache/key-names/v1"
 _NONCE_BYTES = 12
 _VALUE_HEADER = struct.Struct(">Bdd")  # format version, issued_at, expires_at
 _VALUE_FORMAT = 1
@@ -180,8 +181,7 @@ class MemoryTokenCache:
         self.put_now(key, token)
 
 
-def derive_cache_key(secret: SecretStr | str | bytes | None) -> bytes:
-    """The AES-256-GCM key for Redis cache values, from the configured secret."""
+def _secret_bytes(secret: SecretStr | str | bytes | None) -> bytes:
     if isinstance(secret, SecretStr):
         secret = secret.get_secret_value()
     if isinstance(secret, str):
@@ -192,7 +192,20 @@ def derive_cache_key(secret: SecretStr | str | bytes | None) -> bytes:
             f"{MIN_ENCRYPTION_SECRET_BYTES} bytes when BROKER_REDIS_URL is set "
             "(it encrypts the tokens cached in Redis)"
         )
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(secret)
+    return secret
+
+
+def derive_cache_key(secret: SecretStr | str | bytes | None) -> bytes:
+    """The AES-256-GCM key for Redis cache values, from the configured secret."""
+    raw = _secret_bytes(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO).derive(raw)
+
+
+def derive_name_key(secret: SecretStr | str | bytes | None) -> bytes:
+    """The key that turns cache keys into Redis key names (:meth:`RedisTokenCache.redis_key`):
+    another HKDF output of the same secret."""
+    raw = _secret_bytes(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_NAME_HKDF_INFO).derive(raw)
 
 
 class RedisTokenCache:
@@ -217,6 +230,7 @@ class RedisTokenCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._aead = AESGCM(derive_cache_key(encryption_secret))
+        self._name_key = derive_name_key(encryption_secret)
         self._health = health
         self._redis = health.client
         self._key_prefix = health.prefix + "tok:"
@@ -224,13 +238,20 @@ class RedisTokenCache:
         self._clock = clock
         self._last_invalid_log: float | None = None
 
+    def _name(self, key: str) -> str:
+        # Keyed: ``key`` is a plain SHA-256 of the vendor body (user, tenant, embed), so
+        # anyone reading Redis could test a guessed user against the names; without the
+        # secret a name matches nothing (as the rate limiter's names, app.state.ratelimit).
+        return hashlib.blake2b(key.encode(), key=self._name_key, digest_size=32).hexdigest()
+
     def redis_key(self, key: str) -> str:
-        """``<prefix>tok:{<key>}``: the braces are the Cluster hash tag (see the module)."""
-        return f"{self._key_prefix}{{{key}}}"
+        """``<prefix>tok:{<name>}``, the name a keyed hash of ``key``: the braces are the
+        Cluster hash tag (see the module)."""
+        return f"{self._key_prefix}{{{self._name(key)}}}"
 
     def related_key(self, kind: str, key: str) -> str:
         """Another key name in the same hash slot as ``key``'s token (``lock``, ``err``)."""
-        return f"{self._health.prefix}{kind}:{{{key}}}"
+        return f"{self._health.prefix}{kind}:{{{self._name(key)}}}"
 
     async def get(self, key: str) -> CachedToken | None:
         token = self._local.get_now(key)

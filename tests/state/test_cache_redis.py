@@ -71,9 +71,13 @@ async def test_values_are_encrypted_and_keys_carry_no_user_data(
     key = token_cache_key("embeddable", "eu", BODY)
     await cache.put(key, fresh_token())
     names = [name async for name in raw.scan_iter(match=f"{redis_prefix}*")]
-    assert names == [f"{redis_prefix}tok:{{{key}}}".encode()]  # the hash tag: fleet.py
-    for forbidden in (b"alice", b"acme", b"embeddable"):
+    assert names == [cache.redis_key(key).encode()]
+    assert names[0].startswith(f"{redis_prefix}tok:{{".encode())  # the hash tag: fleet.py
+    # The cache key is a plain hash of the body: anyone could compute it for a guessed
+    # user and look for it. The name must be a keyed hash (the encryption secret's).
+    for forbidden in (b"alice", b"acme", b"embeddable", key.encode()):
         assert forbidden not in names[0]
+    assert make_cache(health, OTHER_SECRET).redis_key(key) != cache.redis_key(key)
     value = await raw.get(names[0])
     assert value is not None
     assert TOKEN_TEXT.encode() not in value
