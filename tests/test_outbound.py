@@ -10,7 +10,6 @@ never alice's. Against aiohttp's own pool (the control) the same attack succeeds
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 
@@ -33,9 +32,11 @@ from tests.support.rogue import (
     RogueRequest,
     RogueServer,
     Trailing,
-    http_response,
     rogue_server,
+    token_answer,
     unread_bytes_from,
+    user_of,
+    vendor_token,
 )
 
 pytestmark = pytest.mark.anyio
@@ -43,26 +44,6 @@ pytestmark = pytest.mark.anyio
 ALICE = "alice-of-acme"
 BOB = "bob-of-globex"
 SPLIT_AT = 20  # the stray answer's first bytes: part of its status line
-
-
-def vendor_token(user: str) -> str:
-    """A JWT-shaped token (the vendor alphabet) that names the user it was issued to."""
-
-    def part(value: bytes) -> str:
-        return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
-
-    claims = orjson.dumps({"user": user, "exp": 4_102_444_800})
-    return ".".join([part(b'{"alg":"none"}'), part(claims), part(b"sig")])
-
-
-def user_of(token: str) -> str:
-    payload = token.split(".")[1]
-    return str(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["user"])
-
-
-def token_answer(user: str) -> bytes:
-    body = orjson.dumps({"token": vendor_token(user)})
-    return http_response(200, body, {"Content-Type": "application/json"}, reason="OK")
 
 
 # How the stray copy of alice's answer arrives, and how many stray writes that takes

@@ -12,13 +12,11 @@ it under his key. Assertions are about which token each user holds, never about 
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
 from tests.integration.brokers import broker_environment
@@ -29,9 +27,10 @@ from tests.support.rogue import (
     RogueRequest,
     RogueServer,
     Trailing,
-    http_response,
     rogue_server,
+    token_answer,
     unread_bytes_from,
+    user_of,
 )
 from tests.support.stack import bearer, session_token
 
@@ -42,29 +41,9 @@ MODE = {"now": "late"}
 """How the current test's vendor sends the stray copy of alice's answer."""
 
 
-def vendor_token(user: str) -> str:
-    """JWT-shaped (the vendor alphabet), naming the user it was issued to."""
-
-    def part(value: bytes) -> str:
-        return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
-
-    claims = orjson.dumps({"user": user, "exp": 4_102_444_800})
-    return ".".join([part(b'{"alg":"none"}'), part(claims), part(b"sig")])
-
-
-def user_of(token: str) -> str:
-    payload = token.split(".")[1]
-    return str(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["user"])
-
-
 def vendor(request: RogueRequest) -> bytes | Trailing:
     user = str(json.loads(request.body)["user"])
-    answer = http_response(
-        200,
-        orjson.dumps({"token": vendor_token(user)}),
-        {"Content-Type": "application/json"},
-        reason="OK",
-    )
+    answer = token_answer(user)
     if not user.startswith("alice"):
         return answer
     mode = MODE["now"]

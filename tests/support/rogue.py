@@ -10,6 +10,7 @@ under test (in-process or a child process) talks to it over real TCP.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import struct
@@ -17,6 +18,8 @@ import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+import orjson
 
 from tests.support.servers import LOOPBACK
 
@@ -73,6 +76,29 @@ def http_response(
     lines = [f"HTTP/1.1 {status} {reason}", f"Content-Length: {len(body)}"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def vendor_token(user: str) -> str:
+    """A JWT-shaped token (the vendor alphabet) that names the user it was issued to:
+    the stray-response tests tell by it whose answer a caller received."""
+
+    def part(value: bytes) -> str:
+        return base64.urlsafe_b64encode(value).rstrip(b"=").decode()
+
+    claims = orjson.dumps({"user": user, "exp": 4_102_444_800})
+    return ".".join([part(b'{"alg":"none"}'), part(claims), part(b"sig")])
+
+
+def user_of(token: str) -> str:
+    """The user a :func:`vendor_token` names."""
+    payload = token.split(".")[1]
+    return str(orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["user"])
+
+
+def token_answer(user: str) -> bytes:
+    """Embeddable's 200 with ``user``'s :func:`vendor_token`."""
+    body = orjson.dumps({"token": vendor_token(user)})
+    return http_response(200, body, {"Content-Type": "application/json"}, reason="OK")
 
 
 @functools.lru_cache(maxsize=8)
