@@ -114,7 +114,11 @@ def redis_prefix_any() -> str:
     return unique_prefix()
 
 
-async def run(replica: Replica, vendor: Vendor, key: str) -> tuple[CachedToken, bool]:
+Outcome = tuple[CachedToken, bool]
+"""The token and whether it was shared by another replica's call."""
+
+
+async def run(replica: Replica, vendor: Vendor, key: str) -> Outcome:
     return await replica.fleet.run(
         key,
         deadline_seconds=DEADLINE_SECONDS,
@@ -128,8 +132,19 @@ def new_key(name: str) -> str:
     return token_cache_key("embeddable", "eu", {"user": name, "at": time.monotonic_ns()})
 
 
-def all_following(replicas: list[Replica]) -> bool:
-    return all(replica.fleet.following == 1 for replica in replicas)
+async def leader_in_call_followers_waiting(
+    leader: Replica, followers: list[Replica], vendor: Vendor, key: str
+) -> tuple[asyncio.Task[Outcome], list[asyncio.Task[Outcome]]]:
+    """The leader's miss reaches the (gated) vendor; then every follower's miss on the
+    same key waits for it. The tasks, for the test to open the gate, cancel or kill."""
+    first = asyncio.create_task(run(leader, vendor, key))
+    await eventually_async(lambda: vendor.calls == 1, what="the leader calls the vendor")
+    waiting = [asyncio.create_task(run(replica, vendor, key)) for replica in followers]
+    await eventually_async(
+        lambda: all(replica.fleet.following == 1 for replica in followers),
+        what="followers wait",
+    )
+    return first, waiting
 
 
 async def test_identical_misses_on_every_replica_make_one_vendor_call(
@@ -137,10 +152,7 @@ async def test_identical_misses_on_every_replica_make_one_vendor_call(
 ) -> None:
     vendor, key = Vendor(), new_key("herd")
     leader, *followers = replicas
-    first = asyncio.create_task(run(leader, vendor, key))
-    await eventually_async(lambda: vendor.calls == 1, what="the leader calls the vendor")
-    waiting = [asyncio.create_task(run(replica, vendor, key)) for replica in followers]
-    await eventually_async(lambda: all_following(followers), what="followers wait")
+    first, waiting = await leader_in_call_followers_waiting(leader, followers, vendor, key)
     vendor.gate.set()
 
     minted, shared = await first
@@ -162,10 +174,7 @@ async def test_a_vendor_error_reaches_every_waiter_and_nothing_is_cached(
         upstream_code=None,
     )
     leader, *followers = replicas
-    first = asyncio.create_task(run(leader, vendor, key))
-    await eventually_async(lambda: vendor.calls == 1, what="the leader calls the vendor")
-    waiting = [asyncio.create_task(run(replica, vendor, key)) for replica in followers]
-    await eventually_async(lambda: all_following(followers), what="followers wait")
+    first, waiting = await leader_in_call_followers_waiting(leader, followers, vendor, key)
     vendor.gate.set()
 
     outcomes = await asyncio.gather(first, *waiting, return_exceptions=True)
@@ -206,10 +215,7 @@ async def test_a_cancelled_leader_releases_the_lock_for_a_follower(
 ) -> None:
     vendor, key = Vendor(), new_key("cancelled")
     leader, follower, _ = replicas
-    first = asyncio.create_task(run(leader, vendor, key))
-    await eventually_async(lambda: vendor.calls == 1, what="the leader calls the vendor")
-    waiting = asyncio.create_task(run(follower, vendor, key))
-    await eventually_async(lambda: follower.fleet.following == 1, what="the follower waits")
+    first, (waiting,) = await leader_in_call_followers_waiting(leader, [follower], vendor, key)
     first.cancel()
     await eventually_async(lambda: vendor.calls == 2, what="the follower takes over")
     vendor.gate.set()
@@ -302,10 +308,7 @@ async def test_redis_dying_while_a_follower_waits_falls_back_to_its_own_call(
     try:
         leader, follower = made
         vendor, key = Vendor(), new_key("redis-dies")
-        first = asyncio.create_task(run(leader, vendor, key))
-        await eventually_async(lambda: vendor.calls == 1, what="the leader calls the vendor")
-        waiting = asyncio.create_task(run(follower, vendor, key))
-        await eventually_async(lambda: follower.fleet.following == 1, what="the follower waits")
+        first, (waiting,) = await leader_in_call_followers_waiting(leader, [follower], vendor, key)
         private_redis.stop(kill=True)
         await eventually_async(lambda: vendor.calls == 2, what="the follower calls itself")
         vendor.gate.set()
