@@ -14,7 +14,6 @@ import io
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,9 @@ from bench.policy import (
 from bench.procs import LOOPBACK, Child, HarnessError, Supervisor, free_port, wait_for_status
 from bench.tokens import AUDIENCE, ISSUER, KeyPair, Session, generate_key_pair, mint_sessions
 from bench.tokens import write_token_file as _write_token_file
+
+# The same redis-server the tests start (loopback, no persistence) and the same PING.
+from tests.support.redis_server import ping, redis_server_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_UVICORN_FLAGS = (
@@ -307,22 +309,12 @@ class Bench:
         port = free_port()
         child = self.supervisor.start(
             "redis",
-            [
-                executable,
-                "--port",
-                str(port),
-                "--bind",
-                LOOPBACK,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
+            [executable, *redis_server_args(port)],
             port=port,
             cwd=self.work_dir,
         )
         deadline = time.perf_counter() + 10.0
-        while not _redis_answers(port):
+        while not ping(port):
             if not child.running() or time.perf_counter() > deadline:
                 raise HarnessError(
                     f"redis-server did not start; last log lines:\n{child.log_tail()}"
@@ -581,15 +573,6 @@ class Bench:
                 )
                 wrk.pause()
         return results
-
-
-def _redis_answers(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def cpu_seconds(child: Child) -> float:

@@ -19,7 +19,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -30,6 +29,7 @@ import pytest
 import redis
 
 from tests.support.eventually import eventually
+from tests.support.redis_server import ping, redis_server_args
 from tests.support.servers import LOOPBACK, free_port
 
 DEFAULT_PORT = 6379
@@ -40,16 +40,6 @@ def redis_unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"Redis is required in CI: {reason}")
     pytest.skip(f"no Redis for this test: {reason} (install redis-server to run it)")
-
-
-def ping(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
-    """True when a Redis answers ``PING`` at host:port (plain socket, no client state)."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def wait_until_answering(process: subprocess.Popen[bytes], port: int) -> None:
@@ -74,24 +64,6 @@ def redis_server_executable() -> str:
     if found is None:
         redis_unavailable("redis-server is not on PATH")
     return found
-
-
-def redis_server_args(port: int, *extra: str) -> list[str]:
-    """``redis-server`` arguments: ``port`` on loopback, no persistence, warnings only;
-    ``extra`` adds options (``--dir``, cluster or replica settings)."""
-    return [
-        "--port",
-        str(port),
-        "--bind",
-        LOOPBACK,
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--loglevel",
-        "warning",
-        *extra,
-    ]
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, *, kill: bool = False) -> None:

@@ -32,12 +32,8 @@ import redis
 from redis.crc import key_slot
 
 from tests.support.eventually import eventually
-from tests.support.redis import (
-    redis_server_args,
-    redis_server_executable,
-    stop_process,
-    wait_until_answering,
-)
+from tests.support.redis import redis_server_executable, stop_process, wait_until_answering
+from tests.support.redis_server import redis_server_args
 from tests.support.servers import LOOPBACK, free_port
 
 SLOTS = 16384
