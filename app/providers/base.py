@@ -51,9 +51,18 @@ def check_vendor_url(url: AnyHttpUrl) -> AnyHttpUrl:
 VendorUrl = Annotated[AnyHttpUrl, AfterValidator(check_vendor_url)]
 
 
+def check_browser_url(url: AnyHttpUrl) -> AnyHttpUrl:
+    """A URL handed to every browser (a script, an SDK domain, an iframe) carries no
+    user name or password: they would reach every viewer."""
+    if url.username or url.password:
+        raise ValueError("the browser is given this URL: it must not carry a user name or password")
+    return url
+
+
 def check_script_url(url: AnyHttpUrl) -> AnyHttpUrl:
     """A loader script runs in the user's page: over plain http anyone on the path could
     replace it. Allowed only where VendorUrl allows http (loopback, single-label hosts)."""
+    check_browser_url(url)
     host = url.host or ""
     if url.scheme == "https" or host in LOOPBACK_HOSTS or "." not in host:
         return url
@@ -61,6 +70,7 @@ def check_script_url(url: AnyHttpUrl) -> AnyHttpUrl:
 
 
 ScriptUrl = Annotated[AnyHttpUrl, AfterValidator(check_script_url)]
+BrowserUrl = Annotated[AnyHttpUrl, AfterValidator(check_browser_url)]
 """The URL of a vendor's web-component loader, given to the front end as element.script."""
 
 

@@ -37,6 +37,7 @@ from app.providers.base import (
     IssuedToken,
     ProviderConfigBase,
     StrictModel,
+    check_browser_url,
 )
 from app.providers.http import require_positive_ttl
 from app.providers.validation import validate_body
@@ -52,6 +53,7 @@ _ENTITY_ID_RE = re.compile(r"[A-Za-z0-9_-]{21}")
 def check_site_url(url: AnyHttpUrl) -> AnyHttpUrl:
     """The browser loads the signed URL, token included: over plain http anyone on the
     path could read it. Allowed only to loopback and single-label hosts (dev, compose)."""
+    check_browser_url(url)
     host = url.host or ""
     if url.scheme == "https" or host in LOOPBACK_HOSTS or "." not in host:
         return url

@@ -40,19 +40,21 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import httpx
 import orjson
-from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, StrictInt
+from pydantic import AfterValidator, AnyHttpUrl, Field, SecretStr, StrictInt, model_validator
 
 from app.masking import mask_url
 from app.providers.base import (
     ApiKey,
     BaseProvider,
     BodyPath,
+    BrowserUrl,
     Element,
     EmbedElementConfig,
     IssuedToken,
     ProviderConfigBase,
     StrictModel,
     VendorUrl,
+    check_browser_url,
 )
 from app.providers.embeddable import unverified_exp
 from app.providers.errors import ProviderError, ProviderRejected
@@ -111,9 +113,21 @@ class SupersetConfig(ProviderConfigBase):
     password: Password
     login_provider: Literal["db", "ldap"] = "db"
     """The login's ``provider`` field: Superset's own users (db) or LDAP."""
-    superset_domain: AnyHttpUrl | None = None
+    superset_domain: BrowserUrl | None = None
     """What the browser's SDK loads the dashboard from (element ``supersetDomain``);
     defaults to base_url. Set it when the broker reaches Superset by another name."""
+
+    @model_validator(mode="after")
+    def _domain_for_browsers(self) -> SupersetConfig:
+        if self.superset_domain is None:
+            try:
+                check_browser_url(self.base_url)
+            except ValueError:
+                raise ValueError(
+                    "base_url carries a user name or password and is the SDK's "
+                    "supersetDomain, given to every browser: set superset_domain"
+                ) from None
+        return self
 
     def secrets(self) -> list[SecretStr]:
         return [self.password]
@@ -126,7 +140,7 @@ class PresetConfig(ProviderConfigBase):
     api_secret: ApiKey
     team: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
     workspace: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")
-    superset_domain: AnyHttpUrl
+    superset_domain: BrowserUrl
     """The workspace's URL (e.g. https://abc123.us1a.app.preset.io): the SDK's
     ``supersetDomain``."""
 

@@ -294,6 +294,15 @@ def test_the_loader_script_follows_the_region_and_is_configurable() -> None:
                 "regions": {"eu": {"api_key": "k", "script_url": "http://cdn.example.com/em.js"}},
             }
         )
+    with pytest.raises(ValidationError, match="must not carry a user name or password"):
+        EmbeddableConfig.model_validate(
+            {
+                "type": "embeddable",
+                "regions": {
+                    "eu": {"api_key": "k", "script_url": "https://u:p@cdn.example.com/e.js"}
+                },
+            }
+        )
 
 
 async def test_default_base_urls_follow_the_region(client: httpx.AsyncClient) -> None:

@@ -36,6 +36,13 @@ def config(**overrides: Any) -> MetabaseConfig:
     return parsed
 
 
+def test_a_site_url_with_credentials_is_refused() -> None:
+    # The iframe URL is built from site_url and handed to every viewer's browser.
+    with pytest.raises(ValidationError, match="must not carry a user name or password") as caught:
+        config(site_url="https://viewer:canary-pw-31@metabase.example.com")
+    assert all("canary-pw-31" not in error["msg"] for error in caught.value.errors())
+
+
 def _no_request(request: httpx.Request) -> httpx.Response:
     raise AssertionError(f"a signer made an outbound request: {request.method} {request.url}")
 

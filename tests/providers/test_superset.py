@@ -382,6 +382,45 @@ def test_a_clause_that_is_wholly_a_tenant_value_is_the_operators_sql() -> None:
     assert "bi-sales" in load_policy_text(yaml.safe_dump(document), environ=ENV).embeds
 
 
+@pytest.mark.parametrize(
+    ("kind", "overrides", "reason"),
+    [
+        # supersetDomain defaults to base_url and goes to every browser in the element.
+        (
+            "superset",
+            {"base_url": "https://proxy:canary-pw-31@bi.example.com"},
+            "set superset_domain",
+        ),
+        (
+            "superset",
+            {"superset_domain": "https://proxy:canary-pw-31@bi.example.com"},
+            "must not carry",
+        ),
+        (
+            "preset",
+            {"superset_domain": "https://u:canary-pw-31@x.us1a.app.preset.io"},
+            "must not carry",
+        ),
+    ],
+)
+def test_a_browser_facing_url_with_credentials_is_refused(
+    sandbox: Sandbox, kind: str, overrides: dict[str, Any], reason: str
+) -> None:
+    make = superset_config if kind == "superset" else preset_config
+    with pytest.raises(ValidationError, match=reason) as caught:
+        make(sandbox, **overrides)
+    assert all("canary-pw-31" not in error["msg"] for error in caught.value.errors())
+
+
+def test_base_url_credentials_are_fine_with_a_separate_superset_domain(sandbox: Sandbox) -> None:
+    parsed = superset_config(
+        sandbox,
+        base_url="https://proxy:pw@bi.internal.example.com",
+        superset_domain="https://bi.example.com",
+    )
+    assert str(parsed.superset_domain) == "https://bi.example.com/"
+
+
 def test_config_checks() -> None:
     with pytest.raises(ValidationError, match="cleartext"):
         TypeAdapter(ProviderConfig).validate_python(
