@@ -519,15 +519,19 @@ class Bench:
 
     # --- wrk ----------------------------------------------------------------------------
 
-    def static_run(self, child: Child, session_token: str, connections: int) -> wrk.WrkResult:
+    def static_run(
+        self, child: Child, session_token: str, connections: int, *, warmup: bool = False
+    ) -> wrk.WrkResult:
+        """wrk posting one session's token request over ``connections`` for the profile's
+        run length; with ``warmup``, for its warm-up length on one wrk thread."""
         return wrk.run(
             self.wrk,
             f"{child.url}/v1/tokens",
             "post_static.lua",
             [SESSION_BODY],
             connections=connections,
-            duration_s=self.profile.duration_s,
-            threads=self.profile.threads,
+            duration_s=self.profile.warmup_s if warmup else self.profile.duration_s,
+            threads=1 if warmup else self.profile.threads,
             headers=[f"Authorization: Bearer {session_token}"],
         )
 

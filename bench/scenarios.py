@@ -138,15 +138,7 @@ def s1_cache_hit(bench: Bench) -> ScenarioResult:
         return lambda: bench.static_run(systems[name], session, connections)
 
     def warmup(contender: Contender) -> None:
-        wrk.run(
-            bench.wrk,
-            f"{systems[contender.name].url}/v1/tokens",
-            "post_static.lua",
-            [SESSION_BODY],
-            connections=connections,
-            duration_s=bench.profile.warmup_s,
-            headers=[f"Authorization: Bearer {session}"],
-        )
+        bench.static_run(systems[contender.name], session, connections, warmup=True)
 
     broker_runs, floor_runs, broker_rps, floor_rps, ratio = _throughput_vs(
         bench, Contender("broker", timed("broker")), Contender("floor", timed("floor")), warmup
@@ -230,15 +222,7 @@ def s1t_tracing_cost(bench: Bench) -> ScenarioResult:
                 bench.expect_token(child.url, session, f"S1T warm-up of {name}")
 
             def warmup(contender: Contender) -> None:
-                wrk.run(
-                    bench.wrk,
-                    f"{systems[contender.name].url}/v1/tokens",
-                    "post_static.lua",
-                    [SESSION_BODY],
-                    connections=connections,
-                    duration_s=bench.profile.warmup_s,
-                    headers=[f"Authorization: Bearer {session}"],
-                )
+                bench.static_run(systems[contender.name], session, connections, warmup=True)
 
             def timed(child: Child) -> Callable[[], wrk.WrkResult]:
                 return lambda: bench.static_run(child, session, connections)
