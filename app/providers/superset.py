@@ -479,9 +479,8 @@ class SupersetProvider(_GuestTokenProvider[SupersetConfig]):
         )
         context = self._context(region)
         raise_for_failure(response, context, error_fields, _credential_refused)
-        payload = response.json()
-        token = payload.get("access_token") if isinstance(payload, dict) else None
-        if not isinstance(token, str) or not token:
+        token = _text_at(response.json(), "access_token")
+        if token is None:
             raise context.bad_response("the login answered no access_token")
         return token
 
@@ -494,9 +493,8 @@ class SupersetProvider(_GuestTokenProvider[SupersetConfig]):
             return answer  # the caller logs in again
         context = self._context(region)
         raise_for_failure(answer, context, error_fields, _guest_refused)
-        payload = answer.json()
-        csrf = payload.get("result") if isinstance(payload, dict) else None
-        if not isinstance(csrf, str) or not csrf:
+        csrf = _text_at(answer.json(), "result")
+        if csrf is None:
             raise context.bad_response("the CSRF call answered no result")
         cookie = session_cookie(answer.headers)
         if cookie is None:
@@ -540,7 +538,7 @@ class PresetProvider(_GuestTokenProvider[PresetConfig]):
         )
         context = self._context(region)
         raise_for_failure(response, context, error_fields, _credential_refused)
-        token = _payload_field(response, "access_token")
+        token = _text_at(response.json(), "payload", "access_token")
         if token is None:
             raise context.bad_response("the auth call answered no payload.access_token")
         return token
@@ -568,11 +566,11 @@ class PresetProvider(_GuestTokenProvider[PresetConfig]):
         return token_from_body(unwrapped, context)
 
 
-def _payload_field(response: VendorResponse, name: str) -> str | None:
-    payload = response.json()
-    inner = payload.get("payload") if isinstance(payload, dict) else None
-    value = inner.get(name) if isinstance(inner, dict) else None
-    return value if isinstance(value, str) and value else None
+def _text_at(answer: object, *path: str) -> str | None:
+    """The non-empty string at ``path`` (object keys) in a parsed JSON answer, or None."""
+    for name in path:
+        answer = answer.get(name) if isinstance(answer, dict) else None
+    return answer if isinstance(answer, str) and answer else None
 
 
 _COOKIE_RE = re.compile(r"^\s*([A-Za-z0-9_.-]+)=([^;]*)")
