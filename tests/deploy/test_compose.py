@@ -8,8 +8,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from tests.deploy.support import (
     yaml_strings,
     yaml_variable_refs,
 )
+from tests.support.cli import run_cli
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "compose-spec.json"
 SCHEMA_SHA256 = "0dc04bd346dcfee1b1419628fff79937bbf076925f298f272a2b490e2b112bac"
@@ -278,16 +277,8 @@ def test_compose_policy_follows_sandbox_url(env_example: dict[str, str]) -> None
 
 
 def test_check_config_accepts_the_compose_policy(env_example: dict[str, str]) -> None:
-    env = {"PATH": os.environ.get("PATH", ""), **env_example}
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check-config", str(COMPOSE_POLICY)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    path_only = {"PATH": os.environ.get("PATH", "")}
+    result = run_cli("check-config", str(COMPOSE_POLICY), base_env=path_only, env=env_example)
     assert result.returncode == 0, result.stderr
     assert "valid" in result.stdout
     for variable, value in env_example.items():
@@ -296,15 +287,7 @@ def test_check_config_accepts_the_compose_policy(env_example: dict[str, str]) ->
 
 
 def test_check_config_rejects_the_compose_policy_without_its_secrets() -> None:
-    env = {"PATH": os.environ.get("PATH", "")}
-    result = subprocess.run(
-        [sys.executable, "-m", "app.cli", "check-config", str(COMPOSE_POLICY)],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    path_only = {"PATH": os.environ.get("PATH", "")}
+    result = run_cli("check-config", str(COMPOSE_POLICY), base_env=path_only)
     assert result.returncode == 1
     assert "SESSION_HS256_SECRET" in result.stderr
