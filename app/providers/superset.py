@@ -57,7 +57,7 @@ from app.providers.base import (
     check_browser_url,
 )
 from app.providers.embeddable import unverified_exp
-from app.providers.errors import ProviderError, ProviderRejected
+from app.providers.errors import ProviderAuthFailed, ProviderError, ProviderRejected
 from app.providers.http import (
     CallContext,
     VendorEndpoint,
@@ -82,6 +82,11 @@ ACCESS_RENEW_MARGIN_SECONDS = 30.0
 """An access token this close to its ``exp`` is renewed rather than sent."""
 ACCESS_FALLBACK_SECONDS = 300.0
 """How long an access token without a readable ``exp`` is trusted."""
+LOGIN_REFUSED_HOLD_SECONDS = 10.0
+"""After the vendor refuses the broker's credentials, how long calls get that refusal
+without another login: under steady traffic every call would otherwise try the wrong
+password again, back to back, and a directory that locks accounts after a few failures
+locks the service account. A fixed account is noticed within this time."""
 REFUSED_ACCESS_STATUSES = frozenset({401, 422})
 """flask-jwt-extended: 401 for a missing, expired or revoked token, 422 for one it
 cannot read (a rotated SECRET_KEY). Either way: log in again, once."""
@@ -269,6 +274,7 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
         self._login_lock = asyncio.Lock()
         self._logins_finished = 0
         self._login_failure: ProviderError | None = None
+        self._refused_until = 0.0
         """The last login's failure, for the calls that waited on it."""
         self._elements: dict[str, Element] = {}
         self.logins = 0
@@ -383,16 +389,21 @@ class _GuestTokenProvider(BaseProvider[GuestConfigT]):
             if current is not None and current.renew_at > time.time():
                 return current
             failure = self._login_failure
-            if failure is not None and finished != self._logins_finished:
-                # A login that failed while this call waited: its answer, not one more
-                # try. N concurrent misses with a wrong password would otherwise be N
-                # failed logins, enough to lock the account out (LDAP, an IdP policy).
+            held = isinstance(failure, ProviderAuthFailed) and (
+                time.monotonic() < self._refused_until
+            )
+            if failure is not None and (finished != self._logins_finished or held):
+                # A login that failed while this call waited, or refused credentials
+                # within the hold: its answer, not one more try. N misses with a wrong
+                # password would otherwise be N failed logins, enough to lock the
+                # account out (LDAP, an IdP policy).
                 raise failure
             self._login_failure = None  # only this attempt's outcome is shared
             try:
                 token = await self._login(region)
             except ProviderError as exc:
                 self._login_failure = exc
+                self._refused_until = time.monotonic() + LOGIN_REFUSED_HOLD_SECONDS
                 raise
             finally:
                 self._logins_finished += 1

@@ -18,6 +18,7 @@ import yaml
 from jose import jwt
 from pydantic import TypeAdapter, ValidationError
 
+import app.providers.superset as superset_module
 from app.config.loader import ConfigError, load_policy_text
 from app.errors import UpstreamAuthFailed, UpstreamRejected
 from app.providers.base import EmbedElementConfig
@@ -163,8 +164,9 @@ async def test_concurrent_misses_share_one_login(
 
 
 async def test_concurrent_misses_with_a_wrong_password_make_one_failed_login(
-    sandbox: Sandbox, client: httpx.AsyncClient
+    sandbox: Sandbox, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(superset_module, "LOGIN_REFUSED_HOLD_SECONDS", 0.0)
     # Each failed login counts towards a lockout (LDAP, an IdP policy): the calls that
     # waited on a refused login get its answer instead of trying again.
     provider = superset(sandbox, client, password="not-the-password-9f2c")
@@ -174,10 +176,22 @@ async def test_concurrent_misses_with_a_wrong_password_make_one_failed_login(
     )
     assert all(isinstance(outcome, ProviderAuthFailed) for outcome in outcomes), outcomes
     assert len(calls(sandbox, LOGIN)) == 1
-    # A later call is not refused from memory: it logs in again (the account may be fixed).
+    # Once the hold is over, a call logs in again (the account may have been fixed).
     with pytest.raises(ProviderAuthFailed):
         await provider.issue(GUEST_BODY, 900, None)
     assert len(calls(sandbox, LOGIN)) == 2
+
+
+async def test_refused_credentials_are_held_instead_of_tried_on_every_call(
+    sandbox: Sandbox, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Steady traffic after a refusal: one failed login per hold, not one per call.
+    monkeypatch.setattr(superset_module, "LOGIN_REFUSED_HOLD_SECONDS", 3600.0, raising=False)
+    provider = superset(sandbox, client, password="not-the-password-9f2c")
+    for _ in range(5):
+        with pytest.raises(ProviderAuthFailed):
+            await provider.issue(GUEST_BODY, 900, None)
+    assert len(calls(sandbox, LOGIN)) == 1
 
 
 async def test_a_revoked_access_token_is_renewed_once_on_401(
@@ -242,6 +256,7 @@ async def test_a_vendor_outage_at_login_is_retryable(
         await provider.issue(GUEST_BODY, 900, None)
     assert caught.value.retryable
     assert (await provider.issue(GUEST_BODY, 900, None)).token
+    assert len(calls(sandbox, LOGIN)) == 2  # an outage is not held like a refusal
 
 
 def test_the_element_is_the_sdk_with_the_embedded_id_and_domain(sandbox: Sandbox) -> None:
