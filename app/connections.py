@@ -92,6 +92,16 @@ class ConnectionLimits:
 # Descriptors the process needs besides client connections: listening sockets, vendor
 # and JWKS pools, Redis, log and metric files, and connections accepted in one burst
 # before the ones they displace are closed.
+LINGER_SECONDS = 2.0
+"""After refusing a request whose client may still be sending (a header too large, too
+many fields, a deadline passed), the answer is followed by a FIN and whatever still
+arrives is read and discarded for at most this long, then the connection is closed.
+Closing at once with unread input makes the kernel answer with a reset, which can
+destroy the 431/408 in the client's receive buffer before it reads it (the "lingering
+close" every HTTP server needs). Nothing read in that time is kept."""
+LINGER_MAX_BYTES = 256 * 1024
+"""...and at most this much: a client that goes on sending past it is cut off at once
+(it gets a reset; what a refused client can make the broker read stays bounded)."""
 DESCRIPTOR_HEADROOM = 256
 
 
@@ -209,6 +219,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         self._header_timer: TimerHandle | None = None
         self._body_timer: TimerHandle | None = None
+        self._linger_timer: TimerHandle | None = None
+        self._linger_bytes_left = 0
 
     # --- connection ---------------------------------------------------------------
 
@@ -225,6 +237,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         self._guard.forget(self)
         super().connection_lost(exc)
 
@@ -248,6 +263,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._done:
+            if self._linger_timer is not None:  # refused: discard, within the bound
+                self._linger_bytes_left -= len(data)
+                if self._linger_bytes_left < 0:
+                    self.transport.close()
             return
         if not self._reading_headers:
             fed = self._feed(data)
@@ -412,7 +431,25 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         answered = cycle is not None and current and cycle.response_started
         if not answered and not self.transport.is_closing():
             self.transport.write(self._problem_bytes(error))
-        self.transport.close()
+        if reason == "over_capacity" or self.transport.is_closing():
+            # Nothing was read from it yet: close at once, the slot is what is short.
+            self.transport.close()
+            return
+        self._linger()
+
+    def _linger(self) -> None:
+        """Send what is queued and a FIN, keep discarding input (``data_received``)
+        until the client closes, :data:`LINGER_SECONDS` pass or more than
+        :data:`LINGER_MAX_BYTES` arrive."""
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        if not transport.is_reading():  # paused by flow control while a body was read
+            transport.resume_reading()
+        self._linger_bytes_left = LINGER_MAX_BYTES
+        self._linger_timer = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     def _problem_bytes(self, error: BrokerError) -> bytes:
         # Unique, not secret (as app.api.middleware): nothing reached the app to log it.

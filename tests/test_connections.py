@@ -215,6 +215,32 @@ def test_too_many_header_fields_are_431(limits_broker: BrokerProcess, fields: in
     assert problem["code"] == "headers_too_large"
 
 
+def refusals(broker: BrokerProcess, reason: str) -> float:
+    prefix = f'token_broker_connections_refused_total{{reason="{reason}"}} '
+    metrics = httpx.get(f"{broker.url}/metrics", timeout=5).text
+    lines = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(lines[0].removeprefix(prefix)) if lines else 0.0
+
+
+def test_a_refused_client_still_sending_reads_its_431(limits_broker: BrokerProcess) -> None:
+    # Before: the broker closed at once with the rest of the request unread, so the
+    # kernel answered with a reset that destroyed the 431 before the client read it
+    # (CI saw ConnectionResetError). Now the answer is followed by a FIN and the rest is
+    # read and discarded (within LINGER_MAX_BYTES). The client here reads only once the
+    # broker has counted the refusal, i.e. after the old code had already closed.
+    lines = [b"GET /healthz HTTP/1.1", b"Host: broker"]
+    lines += [b"X-%d: %s" % (index, b"v" * 40) for index in range(2_000)]  # ~100 KB, > 8 KiB
+    before = refusals(limits_broker, "header_too_large")
+    with raw(limits_broker) as sock:
+        sock.sendall(head(lines))
+        eventually(
+            lambda: refusals(limits_broker, "header_too_large") > before,
+            what="the broker refused the request",
+        )
+        status, problem = read_response(sock)
+    assert (status, problem["code"]) == (431, "headers_too_large")
+
+
 def test_exactly_the_allowed_header_fields_pass(limits_broker: BrokerProcess) -> None:
     lines = [b"GET /healthz HTTP/1.1", b"Host: broker", b"Connection: close"]
     lines += [b"X-%d: 1" % index for index in range(MAX_HEADER_FIELDS - 2)]
