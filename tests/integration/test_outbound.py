@@ -558,7 +558,10 @@ def test_a_broker_process_sends_vendor_calls_through_the_proxy_and_names_it(
                 json={"embed": "sales-overview"},
                 headers=bearer(session_token()),
             )
-            started = broker.log_events("broker.started")
+            # Log lines reach the file from a writer thread, in batches: wait for it.
+            started = eventually(
+                lambda: broker.log_events("broker.started"), what="the broker.started line"
+            )
             log_text = broker.log_path.read_text()
 
     assert answer.status_code == 200, answer.text

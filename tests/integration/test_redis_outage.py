@@ -94,6 +94,10 @@ def redis_ok(replicas: Replicas, broker: BrokerProcess) -> bool:
     return bool(replicas.readiness(broker)[1]["checks"]["redis"] == "ok")
 
 
+def logged_at_least(broker: BrokerProcess, event: str, count: int) -> bool:
+    return len(broker.log_events(event)) >= count
+
+
 def wait_for_redis_on_every_broker(replicas: Replicas) -> None:
     """Until each broker's /readyz reports Redis ``ok`` again."""
     for broker in replicas.brokers:
@@ -195,7 +199,15 @@ def test_sharing_resumes_after_redis_restarts(replicas: Replicas) -> None:
     assert remaining(shared) == PER_USER_LIMIT - 2
 
     for broker in replicas.brokers:
-        assert len(broker.log_events("redis.unavailable")) == unavailable_logs[broker.name] + 1
-        assert len(broker.log_events("redis.recovered")) == recovered_logs[broker.name] + 1
+        # Log lines reach the file from a writer thread, in batches: wait for them.
+        for event, before in (
+            ("redis.unavailable", unavailable_logs),
+            ("redis.recovered", recovered_logs),
+        ):
+            eventually(
+                functools.partial(logged_at_least, broker, event, before[broker.name] + 1),
+                what=f"{broker.name}'s {event} line",
+            )
+            assert len(broker.log_events(event)) == before[broker.name] + 1
         status, body = replicas.readiness(broker)
         assert (status, body["checks"]["redis"]) == (200, "ok")
