@@ -42,10 +42,16 @@ log = logging.getLogger("token_broker.redis")
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:
-    """What a Redis operation raises when the server is unreachable or misbehaving."""
+    """What a Redis operation raises when the server is unreachable or misbehaving.
+
+    ``RuntimeError`` is among them because under uvloop a connection that redis-py
+    reuses after the server went away (a Sentinel failover, say) fails with uvloop's
+    "unable to perform operation on <TCPTransport closed=True>", a RuntimeError rather
+    than a ConnectionError. These tuples guard only the Redis calls themselves, so
+    what they catch is reported as a Redis failure and the replica goes on alone."""
     from redis.exceptions import RedisError
 
-    return (RedisError, OSError, EOFError, TimeoutError)
+    return (RedisError, OSError, EOFError, TimeoutError, RuntimeError)
 
 
 STATUS_OK = "ok"

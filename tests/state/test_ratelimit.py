@@ -236,6 +236,38 @@ class TestRedis:
             assert b"alice" not in name
             assert b"acme" not in name
 
+    async def test_a_closed_transport_mid_failover_falls_back_too(
+        self, private_redis: RedisServer, metrics: Metrics, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # Seen in the Sentinel failover test under uvloop: redis-py reconnecting to the
+        # old master wrote to a transport uvloop had closed, which raises RuntimeError
+        # (not a RedisError); the request was answered 500 internal_error.
+        health = RedisHealth(private_redis.url, metrics=metrics, prefix="p:", probe_interval=60)
+        await health.start()
+        try:
+            rl = RateLimiter(
+                LimitsConfig(per_user="2/day"), redis=health, metrics=metrics, key_prefix="p:"
+            )
+            assert (await rl.hit(user_key="a", tenant_key="t")).remaining == 1
+
+            async def closed_transport(*args: object, **kwargs: object) -> object:
+                raise RuntimeError(
+                    "unable to perform operation on <TCPTransport closed=True reading=False>; "
+                    "the handler is closed"
+                )
+
+            monkeypatch.setattr(health.client, "execute_command", closed_transport)
+            decision = await rl.hit(user_key="a", tenant_key="t")
+            assert decision.allowed  # the in-process limiter, counting from zero
+            assert (
+                metrics.registry.get_sample_value(
+                    "token_broker_redis_errors_total", {"operation": "rate_limit"}
+                )
+                == 1
+            )
+        finally:
+            await health.aclose()
+
     async def test_outage_falls_back_to_in_process_limits(
         self, private_redis: RedisServer, metrics: Metrics
     ) -> None:
