@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator
@@ -162,6 +163,29 @@ class TestInProcessWindowStorage:
 
 
 @pytest.mark.redis
+@contextlib.asynccontextmanager
+async def limiter_counted_once_on_redis(
+    server: RedisServer, metrics: Metrics
+) -> AsyncIterator[tuple[RedisHealth, RateLimiter]]:
+    """A limiter of 2 a day per user on ``server``, with user ``a`` counted once there."""
+    health = RedisHealth(server.url, metrics=metrics, prefix="p:", probe_interval=60)
+    await health.start()
+    try:
+        rl = RateLimiter(
+            LimitsConfig(per_user="2/day"), redis=health, metrics=metrics, key_prefix="p:"
+        )
+        assert (await rl.hit(user_key="a", tenant_key="t")).remaining == 1
+        yield health, rl
+    finally:
+        await health.aclose()
+
+
+def rate_limit_redis_errors(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value(
+        "token_broker_redis_errors_total", {"operation": "rate_limit"}
+    )
+
+
 class TestRedis:
     @pytest.fixture
     async def health(self, redis_url: str, redis_prefix: str) -> AsyncIterator[RedisHealth]:
@@ -242,13 +266,7 @@ class TestRedis:
         # Seen in the Sentinel failover test under uvloop: redis-py reconnecting to the
         # old master wrote to a transport uvloop had closed, which raises RuntimeError
         # (not a RedisError); the request was answered 500 internal_error.
-        health = RedisHealth(private_redis.url, metrics=metrics, prefix="p:", probe_interval=60)
-        await health.start()
-        try:
-            rl = RateLimiter(
-                LimitsConfig(per_user="2/day"), redis=health, metrics=metrics, key_prefix="p:"
-            )
-            assert (await rl.hit(user_key="a", tenant_key="t")).remaining == 1
+        async with limiter_counted_once_on_redis(private_redis, metrics) as (health, rl):
 
             async def closed_transport(*args: object, **kwargs: object) -> object:
                 raise RuntimeError(
@@ -259,35 +277,15 @@ class TestRedis:
             monkeypatch.setattr(health.client, "execute_command", closed_transport)
             decision = await rl.hit(user_key="a", tenant_key="t")
             assert decision.allowed  # the in-process limiter, counting from zero
-            assert (
-                metrics.registry.get_sample_value(
-                    "token_broker_redis_errors_total", {"operation": "rate_limit"}
-                )
-                == 1
-            )
-        finally:
-            await health.aclose()
+            assert rate_limit_redis_errors(metrics) == 1
 
     async def test_outage_falls_back_to_in_process_limits(
         self, private_redis: RedisServer, metrics: Metrics
     ) -> None:
-        health = RedisHealth(private_redis.url, metrics=metrics, prefix="p:", probe_interval=60)
-        await health.start()
-        try:
-            rl = RateLimiter(
-                LimitsConfig(per_user="2/day"), redis=health, metrics=metrics, key_prefix="p:"
-            )
-            assert (await rl.hit(user_key="a", tenant_key="t")).remaining == 1
+        async with limiter_counted_once_on_redis(private_redis, metrics) as (health, rl):
             private_redis.stop(kill=True)
             # The in-process limiter starts counting from zero: looser, never an error.
             after = [await rl.hit(user_key="a", tenant_key="t") for _ in range(3)]
             assert [d.allowed for d in after] == [True, True, False]
             assert not health.available
-            assert (
-                metrics.registry.get_sample_value(
-                    "token_broker_redis_errors_total", {"operation": "rate_limit"}
-                )
-                == 1
-            )
-        finally:
-            await health.aclose()
+            assert rate_limit_redis_errors(metrics) == 1
