@@ -19,6 +19,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -46,36 +47,42 @@ MAX_ACCEPTED_BYTES = 8 * MIB
 ATTEMPT_BYTES = 64 * MIB
 
 
+@contextlib.contextmanager
+def broker_with_limits(
+    folder: Path, settings: dict[str, str], policy: dict[str, Any] | None = None
+) -> Iterator[BrokerProcess]:
+    """``token-broker serve`` with these BROKER_* limit settings (no vendor is called)."""
+    path = write_policy(folder, policy if policy is not None else base_policy())
+    with broker_process(path, folder, broker_environment("http://127.0.0.1:9", **settings)) as b:
+        yield b
+
+
 @pytest.fixture(scope="module")
 def limits_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """Small header bounds and one-second read timeouts; the default connection cap."""
-    folder = tmp_path_factory.mktemp("limits")
+    policy = base_policy()
+    policy["session"]["max_token_bytes"] = 4096  # what an 8 KiB header bound can carry
     settings = {
         "max_header_bytes": str(MAX_HEADER_BYTES),
         "max_header_fields": str(MAX_HEADER_FIELDS),
         "header_timeout_seconds": "1",
         "body_timeout_seconds": "1",
     }
-    policy = base_policy()
-    policy["session"]["max_token_bytes"] = 4096  # what an 8 KiB header bound can carry
-    path = write_policy(folder, policy)
-    with broker_process(path, folder, broker_environment("http://127.0.0.1:9", **settings)) as b:
-        yield b
+    with broker_with_limits(tmp_path_factory.mktemp("limits"), settings, policy) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="module")
 def capped_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerProcess]:
     """A small connection cap, and read timeouts long enough never to be what frees one."""
-    folder = tmp_path_factory.mktemp("capped")
     settings = {
         "max_connections": str(MAX_CONNECTIONS),
         "probe_reserve": str(PROBE_RESERVE),
         "header_timeout_seconds": "600",
         "body_timeout_seconds": "600",
     }
-    path = write_policy(folder, base_policy())
-    with broker_process(path, folder, broker_environment("http://127.0.0.1:9", **settings)) as b:
-        yield b
+    with broker_with_limits(tmp_path_factory.mktemp("capped"), settings) as broker:
+        yield broker
 
 
 def address(broker: BrokerProcess) -> tuple[str, int]:
