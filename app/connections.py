@@ -89,9 +89,6 @@ class ConnectionLimits:
         )
 
 
-# Descriptors the process needs besides client connections: listening sockets, vendor
-# and JWKS pools, Redis, log and metric files, and connections accepted in one burst
-# before the ones they displace are closed.
 LINGER_SECONDS = 2.0
 """After refusing a request whose client may still be sending (a header too large, too
 many fields, a deadline passed), the answer is followed by a FIN and whatever still
@@ -102,6 +99,9 @@ close" every HTTP server needs). Nothing read in that time is kept."""
 LINGER_MAX_BYTES = 256 * 1024
 """...and at most this much: a client that goes on sending past it is cut off at once
 (it gets a reset; what a refused client can make the broker read stays bounded)."""
+# Descriptors the process needs besides client connections: listening sockets, vendor
+# and JWKS pools, Redis, log and metric files, and connections accepted in one burst
+# before the ones they displace are closed.
 DESCRIPTOR_HEADROOM = 256
 
 
@@ -237,9 +237,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
         self._guard.forget(self)
         super().connection_lost(exc)
 
@@ -404,10 +401,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refuse(RequestTimeout(detail), "body_timeout")
 
     def _cancel_timers(self) -> None:
-        for timer in (self._header_timer, self._body_timer):
+        for timer in (self._header_timer, self._body_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._body_timer = None
+        self._header_timer = self._body_timer = self._linger_timer = None
 
     # --- refusing ---------------------------------------------------------------------
 
